@@ -1,0 +1,31 @@
+# The two commands of the README: `make run` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: run test setup lint gen check-gen
+
+$(VENV)/.installed: pyproject.toml client/pyproject.toml server/pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=25.1"
+	$(PY) -m pip install --quiet -e ./client -e ./server --group dev
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(VENV)/bin/sendonce-server $(ARGS)
+
+gen: setup
+	PATH=$(VENV)/bin:$$PATH scripts/gen-proto
+
+check-gen: setup
+	PATH=$(VENV)/bin:$$PATH scripts/check-gen
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy client/sendonce server/sendonce_server tests
+	$(VENV)/bin/buf lint
+
+test: check-gen lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -1,0 +1,185 @@
+"""The vocabulary of the engine: keys, notifications, outcomes and the per-key record."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """A delivery is identified by the notification's uid and the receiver (channel) name."""
+
+    uid: str
+    channel: str
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable for the key across attempts, replicas and restarts, so receivers can dedupe."""
+        digest = hashlib.sha256(f"{self.uid}\x00{self.channel}".encode()).hexdigest()
+        return f"msg_{digest[:32]}"
+
+
+class Priority(enum.Enum):
+    UNSPECIFIED = "unspecified"
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    title: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    subject: str
+    body: str = ""
+    priority: Priority = Priority.UNSPECIFIED
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    links: tuple[Link, ...] = ()
+
+    def canonical(self) -> dict[str, object]:
+        """A deterministic, JSON-ready form (also what channels serialise)."""
+        return {
+            "subject": self.subject,
+            "body": self.body,
+            "priority": self.priority.value,
+            "metadata": dict(sorted(self.metadata.items())),
+            "links": [{"title": link.title, "url": link.url} for link in self.links],
+        }
+
+    def fingerprint(self) -> str:
+        """Hash of the canonical form: a key only ever delivers the payload it first saw."""
+        data = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(data.encode()).hexdigest()[:32]
+
+
+class Outcome(enum.Enum):
+    DELIVERED = "delivered"
+    ALREADY_DELIVERED = "already_delivered"
+    FAILED = "failed"
+    FAILED_PERMANENT = "failed_permanent"
+    EXHAUSTED = "exhausted"
+    RETRY_LATER = "retry_later"
+    IN_PROGRESS = "in_progress"
+
+
+class Status(enum.Enum):
+    """Where a key stands. Every status but OPEN is final: nothing more is ever sent."""
+
+    OPEN = "open"
+    DELIVERED = "delivered"
+    FAILED_PERMANENT = "failed_permanent"
+    EXHAUSTED = "exhausted"
+
+
+class AttemptResult(enum.Enum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    FAILED_PERMANENT = "failed_permanent"
+    ABANDONED = "abandoned"
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What the receiver answered to a successful attempt."""
+
+    reference: str
+    details: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class AttemptEntry:
+    number: int
+    started_at: float
+    result: AttemptResult = AttemptResult.RUNNING
+    finished_at: float | None = None
+    error: str = ""
+
+
+@dataclass(slots=True)
+class Lease:
+    """Held by the attempt in flight. The token fences late completions of older attempts."""
+
+    attempt: int
+    token: int
+    expires_at: float
+
+
+@dataclass(slots=True)
+class Record:
+    """Everything a store keeps for a key. Stores persist it; the decisions change it."""
+
+    fingerprint: str
+    max_attempts: int
+    attempts: int = 0
+    status: Status = Status.OPEN
+    lease: Lease | None = None
+    next_attempt_at: float = 0.0
+    last_error: str = ""
+    receipt: Receipt | None = None
+    history: list[AttemptEntry] = field(default_factory=list)
+    # Last fencing token issued; starts at the record's creation time in microseconds so that
+    # tokens of a record re-created after a forced clear never collide with older ones.
+    fence: int = 0
+    cleared: bool = False
+    expires_at: float = 0.0
+
+    def entry(self, number: int) -> AttemptEntry | None:
+        for candidate in reversed(self.history):
+            if candidate.number == number:
+                return candidate
+        return None
+
+    @property
+    def final(self) -> bool:
+        return self.status is not Status.OPEN
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """The answer to one Deliver call."""
+
+    outcome: Outcome
+    attempt: int
+    attempts_used: int
+    max_attempts: int
+    retry_after: float | None = None
+    last_error: str = ""
+    shared: bool = False
+    final: bool = False
+    receipt: Receipt | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyState:
+    """The answer to AttemptCount: a read that changes nothing."""
+
+    found: bool
+    attempts_used: int
+    max_attempts: int
+    in_flight: bool = False
+    succeeded: bool = False
+    final: bool = False
+    retry_after: float | None = None
+    last_error: str = ""
+    history: tuple[AttemptEntry, ...] = ()
+    cleared: bool = False
+
+    @property
+    def remaining(self) -> int:
+        return 0 if self.final else max(0, self.max_attempts - self.attempts_used)
+
+
+@dataclass(frozen=True, slots=True)
+class ClearResult:
+    cleared: tuple[str, ...]
+    running: tuple[str, ...]

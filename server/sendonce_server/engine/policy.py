@@ -1,0 +1,78 @@
+"""Retry policy: how many attempts a key gets and how long to wait between them."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+
+MIN_ATTEMPTS = 1
+MAX_ATTEMPTS = 20
+
+
+class PolicyError(ValueError):
+    """A policy value out of range; `field` names the offending setting."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Defaults are the reference controller's: 5 attempts, 30 s doubling up to 480 s, ±10 %."""
+
+    max_attempts: int = 5
+    initial_backoff: float = 30.0
+    multiplier: float = 2.0
+    max_backoff: float = 480.0
+    jitter: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not MIN_ATTEMPTS <= self.max_attempts <= MAX_ATTEMPTS:
+            raise PolicyError(
+                "max_attempts",
+                f"must be between {MIN_ATTEMPTS} and {MAX_ATTEMPTS}, got {self.max_attempts}",
+            )
+        if self.initial_backoff < 0:
+            raise PolicyError("initial_backoff", "must not be negative")
+        if self.multiplier < 1:
+            raise PolicyError("multiplier", f"must be at least 1, got {self.multiplier}")
+        if self.max_backoff < self.initial_backoff:
+            raise PolicyError("max_backoff", "must not be shorter than initial_backoff")
+        if not 0 <= self.jitter <= 1:
+            raise PolicyError("jitter", f"must be between 0 and 1, got {self.jitter}")
+
+    def merged(
+        self,
+        *,
+        max_attempts: int | None = None,
+        initial_backoff: float | None = None,
+        multiplier: float | None = None,
+        max_backoff: float | None = None,
+        jitter: float | None = None,
+    ) -> RetryPolicy:
+        """This policy with the given fields overridden; None keeps the current value."""
+        changes = {
+            name: value
+            for name, value in (
+                ("max_attempts", max_attempts),
+                ("initial_backoff", initial_backoff),
+                ("multiplier", multiplier),
+                ("max_backoff", max_backoff),
+                ("jitter", jitter),
+            )
+            if value is not None
+        }
+        if "initial_backoff" in changes and "max_backoff" not in changes:
+            changes["max_backoff"] = max(self.max_backoff, changes["initial_backoff"])
+        return replace(self, **changes) if changes else self
+
+    def backoff(self, failed_attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after the given (1-based) attempt failed."""
+        exponent = max(0, failed_attempt - 1)
+        base = min(self.max_backoff, self.initial_backoff * self.multiplier**exponent)
+        if not self.jitter:
+            return base
+        spread = (rng or random).uniform(-self.jitter, self.jitter)
+        return max(0.0, base * (1 + spread))
