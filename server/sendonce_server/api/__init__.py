@@ -1,0 +1,1 @@
+"""The gRPC layer: it validates, converts and translates errors; no business rule lives here."""

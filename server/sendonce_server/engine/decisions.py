@@ -11,9 +11,18 @@ server-side script), so the promises are written down once:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from .model import AttemptEntry, AttemptResult, Lease, Outcome, Receipt, Record, Status
+from .model import (
+    AttemptEntry,
+    AttemptResult,
+    KeyState,
+    Lease,
+    Outcome,
+    Receipt,
+    Record,
+    Status,
+)
 
 ABANDONED_ERROR = "lease expired before the attempt reported; its outcome is unknown"
 
@@ -24,8 +33,6 @@ class ReserveRequest:
     max_attempts: int
     persisted_attempts: int
     lease_seconds: float
-    # Backoff to apply when an expired lease is found (the attempt counts as a failure).
-    abandon_backoff: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +82,11 @@ def new_record(fingerprint: str, max_attempts: int, now: float) -> Record:
     return Record(fingerprint=fingerprint, max_attempts=max_attempts, fence=int(now * 1_000_000))
 
 
-def reap_expired_lease(record: Record, now: float, backoff: float) -> bool:
-    """An expired lease means the holder crashed or hung: its attempt stays counted."""
+def reap_expired_lease(record: Record, now: float) -> bool:
+    """An expired lease means the holder crashed or hung: its attempt stays counted.
+
+    The next attempt may start at once: the lease itself already spaced the attempts.
+    """
     lease = record.lease
     if lease is None or lease.expires_at > now:
         return False
@@ -87,7 +97,6 @@ def reap_expired_lease(record: Record, now: float, backoff: float) -> bool:
         entry.error = ABANDONED_ERROR
     if record.status is Status.OPEN:
         record.last_error = ABANDONED_ERROR
-        record.next_attempt_at = max(record.next_attempt_at, lease.expires_at + backoff)
         if record.attempts >= record.max_attempts:
             record.status = Status.EXHAUSTED
     return True
@@ -114,7 +123,7 @@ def decide(
     if record.status is Status.FAILED_PERMANENT:
         return Verdict(Outcome.FAILED_PERMANENT, record), changed
 
-    changed |= reap_expired_lease(record, now, request.abandon_backoff)
+    changed |= reap_expired_lease(record, now)
     if record.lease is not None:
         return Running(record.lease, record), changed
 
@@ -185,5 +194,45 @@ def complete(record: Record | None, completion: Completion, now: float, retentio
 def tombstone(record: Record, now: float, grace: float) -> None:
     """Shrink a record to what a late caller needs: attempts used, status, fingerprint, lease."""
     record.cleared = True
-    record.history = [entry for entry in record.history if entry.result is AttemptResult.RUNNING]
+    keep = (AttemptResult.RUNNING, AttemptResult.SUCCEEDED)
+    record.history = [entry for entry in record.history if entry.result in keep]
     record.expires_at = now + grace
+
+
+def state_of(
+    record: Record | None, persisted_attempts: int, max_attempts: int, now: float
+) -> KeyState:
+    """The read view of a key, without changing the record (an expired lease shows abandoned)."""
+    if record is None:
+        used = persisted_attempts
+        return KeyState(
+            found=False, attempts_used=used, max_attempts=max_attempts, final=used >= max_attempts
+        )
+    lease = record.lease
+    live = lease is not None and lease.expires_at > now
+    history = tuple(
+        AttemptEntry(e.number, e.started_at, AttemptResult.ABANDONED, None, ABANDONED_ERROR)
+        if e.result is AttemptResult.RUNNING and not live
+        else replace(e)
+        for e in record.history
+    )
+    used = max(record.attempts, persisted_attempts)
+    final = record.final or (not live and used >= record.max_attempts)
+    retry_after = None
+    if not final and not live and record.next_attempt_at > now:
+        retry_after = record.next_attempt_at - now
+    last_error = record.last_error
+    if lease is not None and not live and record.status is Status.OPEN:
+        last_error = ABANDONED_ERROR
+    return KeyState(
+        found=True,
+        attempts_used=used,
+        max_attempts=record.max_attempts,
+        in_flight=live,
+        succeeded=record.status is Status.DELIVERED,
+        final=final,
+        retry_after=retry_after,
+        last_error=last_error,
+        history=history,
+        cleared=record.cleared,
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 MIN_ATTEMPTS = 1
 MAX_ATTEMPTS = 20
@@ -53,20 +53,18 @@ class RetryPolicy:
         jitter: float | None = None,
     ) -> RetryPolicy:
         """This policy with the given fields overridden; None keeps the current value."""
-        changes = {
-            name: value
-            for name, value in (
-                ("max_attempts", max_attempts),
-                ("initial_backoff", initial_backoff),
-                ("multiplier", multiplier),
-                ("max_backoff", max_backoff),
-                ("jitter", jitter),
-            )
-            if value is not None
-        }
-        if "initial_backoff" in changes and "max_backoff" not in changes:
-            changes["max_backoff"] = max(self.max_backoff, changes["initial_backoff"])
-        return replace(self, **changes) if changes else self
+        policy = RetryPolicy(
+            max_attempts=self.max_attempts if max_attempts is None else max_attempts,
+            initial_backoff=self.initial_backoff if initial_backoff is None else initial_backoff,
+            multiplier=self.multiplier if multiplier is None else multiplier,
+            max_backoff=(
+                max_backoff
+                if max_backoff is not None
+                else max(self.max_backoff, initial_backoff or 0.0)
+            ),
+            jitter=self.jitter if jitter is None else jitter,
+        )
+        return self if policy == self else policy
 
     def backoff(self, failed_attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after the given (1-based) attempt failed."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from ..engine.decisions import Completion, Decision, ReserveRequest
@@ -35,8 +37,12 @@ class Store(Protocol):
         """
         ...
 
-    async def wait(self, key: Key, timeout: float) -> None:
-        """Return when the key's record changes, or after `timeout` seconds."""
+    def watch(self, key: Key) -> AbstractAsyncContextManager[asyncio.Event]:
+        """An event set whenever the key's record changes while the context is open.
+
+        Open it before reading the record, so a change between the read and the wait is
+        never missed.
+        """
         ...
 
     async def ping(self) -> bool:

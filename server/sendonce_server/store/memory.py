@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 from ..engine import decisions
 from ..engine.decisions import Completion, Decision, ReserveRequest
@@ -26,7 +27,7 @@ class MemoryStore:
         self._live: OrderedDict[Key, Record] = OrderedDict()
         self._tombstones: OrderedDict[Key, Record] = OrderedDict()
         self._channels_by_uid: dict[str, set[str]] = {}
-        self._waiters: dict[Key, list[asyncio.Future[None]]] = {}
+        self._watchers: dict[Key, list[asyncio.Event]] = {}
 
     def __len__(self) -> int:
         return len(self._live) + len(self._tombstones)
@@ -69,19 +70,17 @@ class MemoryStore:
             self._notify(key)
         return cleared, running
 
-    async def wait(self, key: Key, timeout: float) -> None:
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiters = self._waiters.setdefault(key, [])
-        waiters.append(waiter)
+    @asynccontextmanager
+    async def watch(self, key: Key) -> AsyncIterator[asyncio.Event]:
+        changed = asyncio.Event()
+        watchers = self._watchers.setdefault(key, [])
+        watchers.append(changed)
         try:
-            await asyncio.wait_for(waiter, timeout)
-        except TimeoutError:
-            pass
+            yield changed
         finally:
-            if waiter in waiters:
-                waiters.remove(waiter)
-            if not waiters:
-                self._waiters.pop(key, None)
+            watchers.remove(changed)
+            if not watchers:
+                del self._watchers[key]
 
     async def ping(self) -> bool:
         return True
@@ -117,9 +116,8 @@ class MemoryStore:
                 del self._channels_by_uid[key.uid]
 
     def _notify(self, key: Key) -> None:
-        for waiter in self._waiters.get(key, ()):
-            if not waiter.done():
-                waiter.set_result(None)
+        for changed in self._watchers.get(key, ()):
+            changed.set()
 
     def _sweep(self, now: float) -> None:
         for records in (self._live, self._tombstones):

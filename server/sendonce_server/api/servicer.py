@@ -1,0 +1,113 @@
+"""DeliveryService: validate and convert the request, await the engine, convert the answer."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+
+from sendonce.v1 import delivery_pb2 as pb
+from sendonce.v1 import delivery_pb2_grpc as pb_grpc
+
+from ..engine.engine import Engine
+from ..engine.errors import PayloadMismatch, UnknownChannel
+from ..engine.model import Key
+from ..store.base import StoreUnavailable
+from . import convert, validation
+from .validation import InvalidInput, Limits
+
+log = logging.getLogger("sendonce.api")
+
+# Answer this long before the caller's deadline, so the answer still reaches it.
+_DEADLINE_MARGIN = 0.05
+
+
+class _Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+@contextmanager
+def _translated_errors() -> Iterator[None]:
+    """Refusals become status codes that say what to fix. A failed delivery is never one."""
+    try:
+        yield
+    except InvalidInput as error:
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+    except UnknownChannel as error:
+        raise _Abort(grpc.StatusCode.NOT_FOUND, str(error)) from None
+    except PayloadMismatch as error:
+        raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, str(error)) from None
+    except StoreUnavailable as error:
+        raise _Abort(
+            grpc.StatusCode.UNAVAILABLE, f"delivery state store unavailable: {error}; nothing sent"
+        ) from None
+
+
+def _timeout(context: grpc.aio.ServicerContext[object, object]) -> float | None:
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    return max(0.0, remaining - _DEADLINE_MARGIN)
+
+
+class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
+    def __init__(self, engine: Engine, limits: Limits) -> None:
+        self.engine = engine
+        self.limits = limits
+
+    async def Deliver(
+        self, request: pb.DeliverRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.DeliverResponse:
+        try:
+            with _translated_errors():
+                key = self._key(request.uid, request.channel)
+                if not request.HasField("notification"):
+                    raise InvalidInput("notification", "is required")
+                notification = convert.notification(request.notification, self.limits)
+                receiver = self.engine.receiver(key.channel)
+                policy = convert.retry_policy(request, receiver.policy)
+                result = await self.engine.deliver(
+                    key,
+                    notification,
+                    policy,
+                    persisted_attempts=request.persisted_attempts,
+                    timeout=_timeout(context),
+                )
+        except _Abort as abort:
+            await context.abort(abort.code, abort.details)
+        return convert.deliver_response(result)
+
+    async def AttemptCount(
+        self, request: pb.AttemptCountRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.AttemptCountResponse:
+        try:
+            with _translated_errors():
+                key = self._key(request.uid, request.channel)
+                state = await self.engine.attempt_count(key, request.persisted_attempts)
+        except _Abort as abort:
+            await context.abort(abort.code, abort.details)
+        return convert.attempt_count_response(state)
+
+    async def Clear(
+        self, request: pb.ClearRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.ClearResponse:
+        try:
+            with _translated_errors():
+                validation.check_uid(request.uid)
+                for index, channel in enumerate(request.channels):
+                    validation.check_channel(channel, f"channels[{index}]")
+                result = await self.engine.clear(request.uid, list(request.channels), request.force)
+        except _Abort as abort:
+            await context.abort(abort.code, abort.details)
+        return convert.clear_response(result)
+
+    @staticmethod
+    def _key(uid: str, channel: str) -> Key:
+        validation.check_uid(uid)
+        validation.check_channel(channel)
+        return Key(uid, channel)

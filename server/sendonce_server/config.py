@@ -1,0 +1,152 @@
+"""Configuration: server settings from flags and SENDONCE_* variables; receivers from TOML."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .api.validation import CHANNEL_PATTERN
+from .engine.policy import MAX_ATTEMPTS, MIN_ATTEMPTS, PolicyError, RetryPolicy
+
+DAY = 86_400.0
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says where and why."""
+
+
+class ServerSettings(BaseSettings):
+    """sendonce-server: a gRPC delivery sidecar that sends each notification at most once.
+
+    Every flag can also be set by an environment variable: SENDONCE_ and the flag's name in
+    upper case with '_' for '-' (e.g. SENDONCE_LISTEN).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="SENDONCE_",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_prog_name="sendonce-server",
+        extra="forbid",
+    )
+
+    listen: str = Field(
+        "127.0.0.1:50051", description="TCP address to listen on (host:port); empty to disable"
+    )
+    unix_socket: Path | None = Field(None, description="Also listen on this unix socket path")
+    config: Path | None = Field(
+        None, description="Receivers file (TOML); without it a 'console' receiver is configured"
+    )
+    store: str = Field("memory", description="Where delivery state lives: memory")
+    max_body_bytes: int = Field(
+        64 * 1024, gt=0, le=4 * 1024 * 1024, description="Largest notification body accepted"
+    )
+    shutdown_grace: float = Field(
+        25.0, ge=0, description="Seconds running attempts get to finish on SIGTERM"
+    )
+    retention: float = Field(
+        7 * DAY, gt=0, description="Seconds a record is kept after its last change"
+    )
+    clear_grace: float = Field(
+        600.0, ge=0, description="Seconds a cleared key's tombstone is kept (Clear without force)"
+    )
+    lease_margin: float = Field(
+        5.0, gt=0, description="Seconds a lease outlives its channel's timeout"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
+
+    @field_validator("store")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        if value != "memory":
+            raise ValueError(f"unsupported store {value!r}: supported: memory")
+        return value
+
+
+class RetryConfig(BaseModel):
+    """A retry policy in a receivers file; unset fields fall back to the defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int | None = Field(None, ge=MIN_ATTEMPTS, le=MAX_ATTEMPTS)
+    initial_backoff: float | None = Field(None, ge=0, description="seconds")
+    multiplier: float | None = Field(None, ge=1)
+    max_backoff: float | None = Field(None, ge=0, description="seconds")
+    jitter: float | None = Field(None, ge=0, le=1)
+
+    def applied_to(self, base: RetryPolicy) -> RetryPolicy:
+        return base.merged(**self.model_dump())
+
+
+class ReceiverConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    type: str
+    retry: RetryConfig = RetryConfig()
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        if not CHANNEL_PATTERN.match(value):
+            raise ValueError(
+                "use 1-63 lowercase letters, digits and '-', starting and ending with a "
+                "letter or digit"
+            )
+        return value
+
+
+class ReceiversFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Defaults for every receiver of the file, overridden by each receiver's own `retry`.
+    retry: RetryConfig = RetryConfig()
+    receivers: list[ReceiverConfig] = Field(min_length=1)
+
+    @field_validator("receivers")
+    @classmethod
+    def _unique_names(cls, receivers: list[ReceiverConfig]) -> list[ReceiverConfig]:
+        names = [receiver.name for receiver in receivers]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"receiver names must be unique, repeated: {', '.join(duplicates)}")
+        return receivers
+
+    def policy_for(self, receiver: ReceiverConfig) -> RetryPolicy:
+        try:
+            return receiver.retry.applied_to(self.retry.applied_to(RetryPolicy()))
+        except PolicyError as error:
+            raise ConfigError(f"receiver {receiver.name!r}: retry.{error}") from None
+
+
+DEFAULT_RECEIVERS = ReceiversFile(receivers=[ReceiverConfig(name="console", type="console")])
+
+
+def load_receivers(path: Path | None) -> ReceiversFile:
+    """Read and validate a receivers file; None gives the embedded default (console)."""
+    if path is None:
+        return DEFAULT_RECEIVERS
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"cannot read receivers file {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"receivers file {path} is not valid TOML: {error}") from None
+    try:
+        return ReceiversFile.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(f"receivers file {path}:\n{describe(error)}") from None
+
+
+def describe(error: ValidationError) -> str:
+    """One line per problem, naming the field; the offending values are left out (secrets)."""
+    lines = []
+    for problem in error.errors(include_input=False, include_url=False):
+        where = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        lines.append(f"  {where}: {problem['msg']}")
+    return "\n".join(lines)

@@ -1,0 +1,36 @@
+"""The `sendonce-server` command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+from pydantic_settings import CliApp
+
+from . import logs
+from .config import ConfigError, ServerSettings, describe
+from .server import serve
+
+log = logging.getLogger("sendonce.server")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        settings = CliApp.run(ServerSettings, cli_args=args)
+    except ValidationError as error:
+        print(f"sendonce-server: invalid settings:\n{describe(error)}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level)
+    try:
+        return asyncio.run(serve(settings))
+    except ConfigError as error:
+        log.error("%s", error)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

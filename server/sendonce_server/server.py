@@ -1,0 +1,156 @@
+"""The sidecar process: a grpc.aio server with health and reflection, stopped gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer  # the asyncio servicer (health.aio)
+from grpc_reflection.v1alpha import reflection
+
+from sendonce.v1 import delivery_pb2, delivery_pb2_grpc
+
+from .api.servicer import DeliveryServicer
+from .api.validation import Limits
+from .channels.registry import ChannelConfigError, build_channel
+from .config import ConfigError, ReceiversFile, ServerSettings, load_receivers
+from .engine.engine import Engine, EngineSettings, Receiver
+from .store.base import Store
+from .store.memory import MemoryStore
+
+log = logging.getLogger("sendonce.server")
+
+SERVICE_NAME = delivery_pb2.DESCRIPTOR.services_by_name["DeliveryService"].full_name
+
+
+@dataclass
+class Sidecar:
+    """A started server and what it serves; `stop` drains it."""
+
+    server: grpc.aio.Server
+    engine: Engine
+    health: HealthServicer
+    addresses: Sequence[str]
+    settings: ServerSettings
+
+    async def stop(self) -> None:
+        """Health goes NOT_SERVING, new calls are refused, running attempts get the grace."""
+        grace = self.settings.shutdown_grace
+        await self.health.enter_graceful_shutdown()
+        running = self.engine.running
+        if running:
+            log.info("shutting down: waiting up to %gs for %d running attempts", grace, running)
+        else:
+            log.info("shutting down")
+        stopping = asyncio.create_task(self.server.stop(grace))
+        left = await self.engine.drain(grace)
+        await stopping
+        if left:
+            log.warning("%d attempts still running at exit; their leases will expire", left)
+        await self.engine.close()
+        log.info("stopped")
+
+
+def build_receivers(config: ReceiversFile) -> list[Receiver]:
+    receivers = []
+    for receiver in config.receivers:
+        try:
+            channel = build_channel(receiver.type, receiver.settings)
+        except ChannelConfigError as error:
+            raise ConfigError(f"receiver {receiver.name!r}: {error}") from None
+        receivers.append(Receiver(receiver.name, channel, config.policy_for(receiver)))
+    return receivers
+
+
+def build_store(settings: ServerSettings) -> Store:
+    return MemoryStore(retention=settings.retention, clear_grace=settings.clear_grace)
+
+
+async def start(settings: ServerSettings, receivers: Sequence[Receiver] | None = None) -> Sidecar:
+    """Build and start the sidecar; receivers default to those of the settings' config file."""
+    if receivers is None:
+        receivers = build_receivers(load_receivers(settings.config))
+    engine = Engine(
+        build_store(settings),
+        receivers,
+        settings=EngineSettings(lease_margin=settings.lease_margin),
+    )
+    # Two sidecars must never silently share a port.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    delivery_pb2_grpc.add_DeliveryServiceServicer_to_server(
+        DeliveryServicer(engine, Limits(max_body_bytes=settings.max_body_bytes)), server
+    )
+    health_servicer = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    addresses = _listen(server, settings)
+    await server.start()
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    names = ", ".join(f"{r.name}" for r in receivers)
+    log.info("serving on %s; receivers: %s", " and ".join(addresses), names)
+    return Sidecar(server, engine, health_servicer, addresses, settings)
+
+
+def _listen(server: grpc.aio.Server, settings: ServerSettings) -> list[str]:
+    addresses = []
+    if settings.listen:
+        try:
+            port = server.add_insecure_port(settings.listen)
+        except RuntimeError:
+            port = 0
+        if not port:
+            raise ConfigError(f"cannot listen on {settings.listen}: address in use or invalid")
+        host = settings.listen.rsplit(":", 1)[0]
+        addresses.append(f"{host}:{port}")
+    if settings.unix_socket is not None:
+        _remove_stale_socket(settings.unix_socket)
+        if not server.add_insecure_port(f"unix:{settings.unix_socket}"):
+            raise ConfigError(f"cannot listen on unix socket {settings.unix_socket}")
+        addresses.append(f"unix:{settings.unix_socket}")
+    if not addresses:
+        raise ConfigError("nothing to listen on: set --listen and/or --unix-socket")
+    return addresses
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """A socket file left by a crashed sidecar blocks the bind; a live one must not be taken."""
+    if not path.is_socket():
+        return
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()
+            return
+    raise ConfigError(f"unix socket {path} is in use by another process")
+
+
+async def serve(settings: ServerSettings) -> int:
+    """Run until SIGTERM or SIGINT, then stop gracefully. Returns the exit status."""
+    sidecar = await start(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(Exception):
+            loop.remove_signal_handler(signum)
+    await sidecar.stop()
+    return 0

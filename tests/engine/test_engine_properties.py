@@ -1,0 +1,162 @@
+"""Random interleavings of deliver / answer / crash / clear / time passing keep promises 1-4."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Coroutine, Iterable
+from typing import Any
+
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from sendonce_server.channels.base import Delivery, SendResult
+from sendonce_server.engine.engine import Engine, EngineSettings, Receiver
+from sendonce_server.engine.model import Key, Lease, Notification, Outcome, Status
+from sendonce_server.engine.policy import RetryPolicy
+from sendonce_server.store.memory import MemoryStore
+from tests.support.scripted_channel import ManualClock, ScriptedChannel
+
+MAX_ATTEMPTS = 3
+KEYS = [Key("uid-a", "hook"), Key("uid-b", "hook")]
+NOTE = Notification(subject="pod crashlooping")
+POLICY = RetryPolicy(max_attempts=MAX_ATTEMPTS, initial_backoff=10.0, multiplier=2.0, jitter=0.0)
+RESULTS = {
+    "success": SendResult.success(),
+    "retryable": SendResult.retryable("HTTP 503"),
+    "permanent": SendResult.permanent("HTTP 400"),
+}
+
+
+class _Dying(Engine):
+    """A replica that crashes between sending and recording the result."""
+
+    def _after_send(self, key: Key, lease: Lease) -> None:
+        raise RuntimeError("crashed")
+
+
+async def _gather(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class EngineMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.clock = ManualClock()
+        self.store = MemoryStore()
+        self.channel = ScriptedChannel(hold=True)
+        self.crash_channel = ScriptedChannel(RESULTS["retryable"])
+        engine_settings = EngineSettings(lease_margin=1.0)
+        receivers = [Receiver("hook", self.channel, POLICY)]
+        self.engine = Engine(self.store, receivers, clock=self.clock, settings=engine_settings)
+        self.dying = _Dying(
+            self.store,
+            [Receiver("hook", self.crash_channel, POLICY)],
+            clock=self.clock,
+            settings=engine_settings,
+        )
+        self.callers: list[asyncio.Task[Any]] = []
+        # Sends per key since the key was last force-cleared (which legitimately resets it).
+        self.sends: dict[Key, list[Delivery]] = defaultdict(list)
+        self.seen = {id(channel): 0 for channel in (self.channel, self.crash_channel)}
+        self.sends_at_success: dict[Key, int] = {}
+
+    def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        return self.loop.run_until_complete(coroutine)
+
+    def settle(self) -> None:
+        """Let every runnable task progress (callers use a tiny deadline, so none blocks)."""
+        for _ in range(20):
+            self.run(asyncio.sleep(0))
+        self.run(_gather(self.callers))
+        self._collect()
+
+    def _collect(self) -> None:
+        for channel in (self.channel, self.crash_channel):
+            for delivery in channel.sends[self.seen[id(channel)] :]:
+                self.sends[delivery.key].append(delivery)
+            self.seen[id(channel)] = len(channel.sends)
+        for key in KEYS:
+            record = self.run(self.store.read(key, self.clock.now()))
+            if record is not None and record.status is Status.DELIVERED:
+                self.sends_at_success.setdefault(key, len(self.sends[key]))
+
+    @rule(key=st.sampled_from(KEYS), persisted=st.integers(0, 2), callers=st.integers(1, 3))
+    def deliver(self, key: Key, persisted: int, callers: int) -> None:
+        for _ in range(callers):
+            call = self.engine.deliver(key, NOTE, persisted_attempts=persisted, timeout=0.005)
+            self.callers.append(self.loop.create_task(call))
+        self.settle()
+
+    @precondition(lambda self: bool(self.channel.pending))
+    @rule(result=st.sampled_from(sorted(RESULTS)))
+    def answer(self, result: str) -> None:
+        self.channel.answer(RESULTS[result])
+        self.settle()
+
+    @rule(key=st.sampled_from(KEYS))
+    def crash_mid_attempt(self, key: Key) -> None:
+        self.callers.append(self.loop.create_task(self.dying.deliver(key, NOTE, timeout=0.005)))
+        self.settle()
+
+    @rule(seconds=st.sampled_from([1.0, 5.0, 10.0, 40.0]))
+    def time_passes(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    @rule(key=st.sampled_from(KEYS), force=st.booleans())
+    def clear(self, key: Key, force: bool) -> None:
+        self.run(self.engine.clear(key.uid, [key.channel], force=force))
+        if force:
+            self.sends[key] = []
+            self.sends_at_success.pop(key, None)
+        self.settle()
+
+    @invariant()
+    def never_more_than_max_attempts(self) -> None:
+        for key in KEYS:
+            assert len(self.sends[key]) <= MAX_ATTEMPTS, self.sends[key]
+
+    @invariant()
+    def never_a_send_after_a_recorded_success(self) -> None:
+        for key, count in self.sends_at_success.items():
+            assert len(self.sends[key]) == count
+
+    @invariant()
+    def one_attempt_at_a_time_per_key(self) -> None:
+        for key in KEYS:
+            assert sum(p.delivery.key == key for p in self.channel.pending) <= 1
+
+    @invariant()
+    def every_attempt_stays_counted(self) -> None:
+        for key in KEYS:
+            record = self.run(self.store.read(key, self.clock.now()))
+            attempts = record.attempts if record is not None else 0
+            assert attempts >= len(self.sends[key])
+
+    @invariant()
+    def delivered_answers_have_a_successful_send(self) -> None:
+        for task in self.callers:
+            if task.done() and not task.cancelled() and task.exception() is None:
+                result = task.result()
+                if result.outcome in (Outcome.DELIVERED, Outcome.ALREADY_DELIVERED):
+                    assert result.attempt >= 1
+
+    def teardown(self) -> None:
+        for pending in self.channel.pending:
+            pending.answer.cancel()
+        tasks = asyncio.all_tasks(self.loop)
+        for task in tasks:
+            task.cancel()
+        self.loop.run_until_complete(_gather(tasks))
+        self.loop.close()
+
+
+EngineMachine.TestCase.settings = settings(
+    max_examples=150,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestEngineProperties = EngineMachine.TestCase
