@@ -100,6 +100,7 @@ class Engine:
         self.settings = settings if settings is not None else EngineSettings()
         self._rng = rng or random.Random()
         self._flights: dict[Key, _Flight] = {}
+        self._waiting = 0
 
     def receiver(self, name: str) -> Receiver:
         try:
@@ -111,6 +112,11 @@ class Engine:
     def running(self) -> int:
         """Flights in progress in this process."""
         return len(self._flights)
+
+    @property
+    def waiting(self) -> int:
+        """Callers currently waiting for a flight (the leader included)."""
+        return self._waiting
 
     async def deliver(
         self,
@@ -140,11 +146,14 @@ class Engine:
                 )
             elif flight.fingerprint != fingerprint:
                 raise PayloadMismatch(key)
+            self._waiting += 1
             try:
                 async with asyncio.timeout_at(deadline):
                     step = await asyncio.shield(flight.task)
             except TimeoutError:
                 return self._in_progress(flight.lease, flight.attempts_used, flight.max_attempts)
+            finally:
+                self._waiting -= 1
             if isinstance(step, DeliveryResult):
                 return replace(step, shared=True) if joined else step
             shared = await self._await_foreign(key, step.lease, deadline)

@@ -1,0 +1,60 @@
+"""Client of the sendonce delivery sidecar: each notification is sent at most once per
+(uid, channel) key.
+
+`Client` and `AsyncClient` are twins with the same methods and typed results::
+
+    from sendonce import Client, Notification
+
+    with Client() as client:
+        result = client.deliver(uid, "ops-slack", Notification(subject="Disk full"))
+"""
+
+from sendonce.client import (
+    AsyncClient,
+    Client,
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    PayloadMismatch,
+    PermissionDenied,
+    SendonceError,
+    Unauthenticated,
+    Unavailable,
+)
+from sendonce.types import (
+    Attempt,
+    AttemptCountResult,
+    AttemptResult,
+    ClearResult,
+    DeliverResult,
+    Link,
+    Notification,
+    Outcome,
+    Priority,
+    Receipt,
+    RetryPolicy,
+)
+
+__all__ = [
+    "AsyncClient",
+    "Attempt",
+    "AttemptCountResult",
+    "AttemptResult",
+    "ClearResult",
+    "Client",
+    "DeadlineExceeded",
+    "DeliverResult",
+    "InvalidArgument",
+    "Link",
+    "NotFound",
+    "Notification",
+    "Outcome",
+    "PayloadMismatch",
+    "PermissionDenied",
+    "Priority",
+    "Receipt",
+    "RetryPolicy",
+    "SendonceError",
+    "Unauthenticated",
+    "Unavailable",
+]

@@ -1,0 +1,223 @@
+"""How every HTTP channel turns a response or a transport error into a SendResult.
+
+One shared rule, like Alertmanager's `notify/util.go` Retrier.Check: 2xx succeeds; 408, 429 and
+5xx are worth a retry; any other status is permanent. Transport errors are retryable, except a URL
+that can never work. Error texts are built here from safe parts only (status code, the standard
+reason phrase, a redacted body excerpt, an errno): never from `str(exc)`, which for httpx usually
+contains the URL, and a webhook URL is often a credential.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import socket
+import ssl
+import time
+import weakref
+from collections.abc import Iterable, Mapping
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from http import HTTPStatus
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+import httpx
+
+from ..engine.model import Receipt
+from .base import SendResult
+
+REDACTED = "[redacted]"
+# Enough of the body for a person to see why the receiver refused; more only adds leak surface.
+BODY_EXCERPT_CHARS = 200
+# Channels read at most this much of a response body.
+BODY_READ_LIMIT = 1024
+RETRYABLE_STATUSES = frozenset({408, 429})
+# URL parts shorter than this are words like "hooks" or "v1", not credentials.
+_MIN_SECRET_PART = 6
+_DELAY_SECONDS = re.compile(r"\d+(\.\d+)?")
+
+
+class Redactor:
+    """Replaces known secret strings, raw or percent-encoded, with `[redacted]`."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        forms: set[str] = set()
+        for secret in secrets:
+            if secret:
+                forms.update({secret, quote(secret, safe=""), quote(secret)})
+        # Longest first, so that a whole URL is replaced before any of its parts.
+        self._forms = sorted(forms, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for form in self._forms:
+            text = text.replace(form, REDACTED)
+        return text
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """The parts of a secret URL to hide: everything but scheme, host and port.
+
+    Hosts are not treated as secret: they travel in clear in DNS and TLS anyway.
+    """
+    parts = urlsplit(url)
+    found = [url, parts.path, parts.query, parts.fragment, parts.username, parts.password]
+    found += [segment for segment in parts.path.split("/") if len(segment) >= _MIN_SECRET_PART]
+    found += [
+        value
+        for _, value in parse_qsl(parts.query, keep_blank_values=True)
+        if len(value) >= _MIN_SECRET_PART
+    ]
+    found += [unquote(part) for part in found if part]
+    return tuple(sorted({part for part in found if part}))
+
+
+# httpx logs each request's full URL at INFO; httpcore logs response headers at DEBUG.
+_HTTP_LOGGERS = (
+    "httpx",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpcore.socks",
+)
+
+
+class _HttpLogRedaction(logging.Filter):
+    """Scrubs the secrets of registered redactors from the HTTP libraries' own log records."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.redactors: weakref.WeakSet[Redactor] = weakref.WeakSet()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        redactors = list(self.redactors)
+        if redactors:
+            message = record.getMessage()
+            redacted = message
+            for redactor in redactors:
+                redacted = redactor(redacted)
+            if redacted != message:
+                record.msg, record.args = redacted, None
+        return True
+
+
+_http_log_redaction = _HttpLogRedaction()
+
+
+def redact_http_logs(redactor: Redactor) -> None:
+    """Scrub this redactor's secrets from httpx and httpcore log records until forgotten."""
+    for name in _HTTP_LOGGERS:
+        logger = logging.getLogger(name)
+        if _http_log_redaction not in logger.filters:
+            logger.addFilter(_http_log_redaction)
+    _http_log_redaction.redactors.add(redactor)
+
+
+def forget_http_logs(redactor: Redactor) -> None:
+    """Stop scrubbing this redactor's secrets (a closed channel no longer needs it)."""
+    _http_log_redaction.redactors.discard(redactor)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delay-seconds or HTTP-date); None if unusable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if _DELAY_SECONDS.fullmatch(value):
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000" means UTC too
+        when = when.replace(tzinfo=UTC)
+    seconds = when.timestamp() - (time.time() if now is None else now)
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def classify_status(
+    status_code: int,
+    headers: Mapping[str, str],
+    body: bytes = b"",
+    *,
+    redactor: Redactor | None = None,
+) -> SendResult:
+    """The result for an HTTP response; `body` is (a prefix of) the response body."""
+    if 200 <= status_code < 300:
+        return SendResult.success(Receipt(f"HTTP {status_code}", {"status_code": str(status_code)}))
+    error = _status_text(status_code)
+    if 300 <= status_code < 400:
+        error += " (redirects are not followed)"
+    excerpt = body_excerpt(body, redactor)
+    if excerpt:
+        error = f"{error}: {excerpt}"
+    if status_code in RETRYABLE_STATUSES or 500 <= status_code < 600:
+        retry_after = next(
+            (value for name, value in headers.items() if name.lower() == "retry-after"), None
+        )
+        return SendResult.retryable(error, retry_after=parse_retry_after(retry_after))
+    return SendResult.permanent(error)
+
+
+def body_excerpt(body: bytes, redactor: Redactor | None = None) -> str:
+    """A short, printable, single-line, redacted excerpt of a response body."""
+    text = body[:BODY_READ_LIMIT].decode("utf-8", errors="replace")
+    text = "".join(char if char.isprintable() else " " for char in text)
+    if redactor is not None:
+        # Before truncating, so that a secret cut in half at the limit is still found whole.
+        text = redactor(text)
+    return " ".join(text[:BODY_EXCERPT_CHARS].split())
+
+
+def classify_error(exc: BaseException, *, timeout: float) -> SendResult:
+    """The result for a transport error (an httpx exception, or TimeoutError of the attempt)."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return SendResult.retryable(f"timed out after {timeout:g}s while connecting")
+    if isinstance(exc, httpx.WriteTimeout):
+        return SendResult.retryable(f"timed out after {timeout:g}s while sending the request")
+    if isinstance(exc, httpx.PoolTimeout):
+        return SendResult.retryable(f"timed out after {timeout:g}s waiting for a connection")
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return SendResult.retryable(f"timed out after {timeout:g}s waiting for the response")
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+        return SendResult.permanent("invalid URL: the scheme must be http or https")
+    if isinstance(exc, httpx.ProxyError):
+        return SendResult.retryable(f"proxy error: {_root_cause(exc)}")
+    if isinstance(exc, httpx.ConnectError):
+        return SendResult.retryable(f"connection failed: {_root_cause(exc)}")
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return SendResult.retryable("the receiver closed the connection or broke the protocol")
+    if isinstance(exc, httpx.ReadError):
+        return SendResult.retryable(f"network error reading the response: {_root_cause(exc)}")
+    if isinstance(exc, httpx.WriteError):
+        return SendResult.retryable(f"network error sending the request: {_root_cause(exc)}")
+    return SendResult.retryable(f"transport error ({type(exc).__name__})")
+
+
+def _status_text(status_code: int) -> str:
+    # The standard phrase, not the receiver's: that one is free text it chose.
+    try:
+        return f"HTTP {status_code} {HTTPStatus(status_code).phrase}"
+    except ValueError:
+        return f"HTTP {status_code}"
+
+
+def _root_cause(exc: BaseException) -> str:
+    """A safe description of the deepest cause: from its errno or type, never its message."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    description = "unknown error"
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, socket.gaierror):
+            return "name resolution failed"
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return "TLS certificate verification failed"
+        if isinstance(cause, ssl.SSLError):
+            description = "TLS error"
+        elif isinstance(cause, OSError) and cause.errno is not None:
+            return os.strerror(cause.errno).lower()
+        cause = cause.__cause__ or cause.__context__
+    return description
