@@ -1,0 +1,212 @@
+"""The contract every store keeps. Parametrised over the stores, so a new one proves itself here."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from sendonce_server.engine.decisions import (
+    ABANDONED_ERROR,
+    Completion,
+    Mismatch,
+    Reserved,
+    ReserveRequest,
+    Running,
+    Verdict,
+)
+from sendonce_server.engine.model import AttemptResult, Key, Outcome, Receipt, Status
+from sendonce_server.store.base import Store
+from sendonce_server.store.memory import MemoryStore
+
+T0 = 1_800_000_000.0
+KEY = Key("uid-1", "hook")
+RETENTION = 3_600.0
+GRACE = 60.0
+LEASE = 10.0
+
+
+def request(persisted: int = 0, max_attempts: int = 3, fingerprint: str = "fp-1") -> ReserveRequest:
+    return ReserveRequest(
+        fingerprint=fingerprint,
+        max_attempts=max_attempts,
+        persisted_attempts=persisted,
+        lease_seconds=LEASE,
+    )
+
+
+StoreFactory = Callable[[], Store]
+STORES: dict[str, StoreFactory] = {
+    "memory": lambda: MemoryStore(retention=RETENTION, clear_grace=GRACE),
+}
+
+
+@pytest.fixture(params=sorted(STORES))
+def store(request: pytest.FixtureRequest) -> Store:
+    return STORES[request.param]()
+
+
+async def reserve(store: Store, now: float = T0, persisted: int = 0) -> Reserved:
+    decision = await store.reserve(KEY, request(persisted), now)
+    assert isinstance(decision, Reserved), decision
+    return decision
+
+
+def done(reserved: Reserved, result: AttemptResult, next_at: float = 0.0) -> Completion:
+    return Completion(
+        attempt=reserved.lease.attempt,
+        token=reserved.lease.token,
+        result=result,
+        error="" if result is AttemptResult.SUCCEEDED else "HTTP 500",
+        receipt=Receipt("HTTP 200") if result is AttemptResult.SUCCEEDED else None,
+        next_attempt_at=next_at,
+    )
+
+
+async def test_first_reserve_counts_the_attempt_and_leases_it(store: Store) -> None:
+    reserved = await reserve(store)
+    record = await store.read(KEY, T0)
+
+    assert (reserved.lease.attempt, reserved.lease.expires_at) == (1, T0 + LEASE)
+    assert record is not None
+    assert (record.attempts, record.status, record.lease) == (1, Status.OPEN, reserved.lease)
+    assert [(e.number, e.result) for e in record.history] == [(1, AttemptResult.RUNNING)]
+
+
+async def test_a_live_lease_makes_others_join(store: Store) -> None:
+    reserved = await reserve(store)
+    second = await store.reserve(KEY, request(), T0 + 1)
+
+    assert isinstance(second, Running)
+    assert second.lease == reserved.lease
+
+
+async def test_success_is_final_and_never_undone(store: Store) -> None:
+    reserved = await reserve(store)
+    await store.complete(KEY, done(reserved, AttemptResult.SUCCEEDED), T0 + 1)
+    stale_failure = done(reserved, AttemptResult.FAILED)
+    await store.complete(KEY, stale_failure, T0 + 2)
+    again = await store.reserve(KEY, request(), T0 + 3)
+
+    assert isinstance(again, Verdict)
+    assert again.outcome is Outcome.ALREADY_DELIVERED
+    assert again.record.receipt == Receipt("HTTP 200")
+
+
+async def test_a_stale_holder_cannot_change_the_status_but_its_late_success_counts(
+    store: Store,
+) -> None:
+    first = await reserve(store)
+    second = await reserve(store, now=T0 + LEASE + 1)  # the first lease expired
+    await store.complete(KEY, done(first, AttemptResult.FAILED, next_at=T0 + 999), T0 + 12)
+    record = await store.read(KEY, T0 + 12)
+    assert record is not None
+    assert (record.status, record.lease, record.next_attempt_at) == (
+        Status.OPEN,
+        second.lease,
+        0.0,
+    )
+
+    await store.complete(KEY, done(first, AttemptResult.SUCCEEDED), T0 + 13)
+    await store.complete(KEY, done(second, AttemptResult.FAILED), T0 + 14)
+    record = await store.read(KEY, T0 + 14)
+    assert record is not None
+    assert record.status is Status.DELIVERED
+
+
+async def test_tokens_increase_even_across_a_forced_clear(store: Store) -> None:
+    first = await reserve(store)
+    await store.clear(KEY.uid, [], True, T0 + 1)
+    second = await reserve(store, now=T0 + 2)
+
+    assert second.lease.token > first.lease.token
+    assert second.lease.attempt == 1
+
+
+async def test_payload_mismatch(store: Store) -> None:
+    await reserve(store)
+    decision = await store.reserve(KEY, request(fingerprint="fp-2"), T0 + 1)
+    assert isinstance(decision, Mismatch)
+
+
+async def test_budget_backoff_and_persisted_attempts(store: Store) -> None:
+    first = await reserve(store, persisted=1)
+    assert first.lease.attempt == 2
+    await store.complete(KEY, done(first, AttemptResult.FAILED, next_at=T0 + 30), T0 + 1)
+
+    early = await store.reserve(KEY, request(), T0 + 29)
+    assert isinstance(early, Verdict)
+    assert early.outcome is Outcome.RETRY_LATER
+    last = await reserve(store, now=T0 + 30)
+    assert last.lease.attempt == 3
+    await store.complete(KEY, done(last, AttemptResult.FAILED, next_at=T0 + 90), T0 + 31)
+    spent = await store.reserve(KEY, request(), T0 + 1_000)
+
+    assert isinstance(spent, Verdict)
+    assert (spent.outcome, spent.record.attempts) == (Outcome.EXHAUSTED, 3)
+
+
+async def test_a_permanent_failure_is_final(store: Store) -> None:
+    reserved = await reserve(store)
+    await store.complete(KEY, done(reserved, AttemptResult.FAILED_PERMANENT), T0 + 1)
+    again = await store.reserve(KEY, request(), T0 + 2)
+    assert isinstance(again, Verdict)
+    assert again.outcome is Outcome.FAILED_PERMANENT
+
+
+async def test_an_expired_lease_stays_counted(store: Store) -> None:
+    await reserve(store)
+    later = T0 + LEASE + 1
+    retried = await reserve(store, now=later)
+    record = await store.read(KEY, later)
+
+    assert retried.lease.attempt == 2
+    assert record is not None
+    assert [(e.number, e.result) for e in record.history] == [
+        (1, AttemptResult.ABANDONED),
+        (2, AttemptResult.RUNNING),
+    ]
+    assert record.history[0].error == ABANDONED_ERROR
+
+
+async def test_default_clear_keeps_a_tombstone_until_the_grace_ends(store: Store) -> None:
+    reserved = await reserve(store)
+    await store.complete(KEY, done(reserved, AttemptResult.SUCCEEDED), T0 + 1)
+    cleared, running = await store.clear(KEY.uid, [], False, T0 + 2)
+
+    late = await store.reserve(KEY, request(), T0 + 3)
+    assert (cleared, running) == (["hook"], [])
+    assert isinstance(late, Verdict)
+    assert late.outcome is Outcome.ALREADY_DELIVERED
+    assert late.record.cleared
+    assert await store.read(KEY, T0 + 2 + GRACE + 1) is None
+
+
+async def test_clear_reports_running_attempts_and_their_result_still_lands(store: Store) -> None:
+    reserved = await reserve(store)
+    other = Key(KEY.uid, "mail")
+    await store.reserve(other, request(), T0)
+
+    cleared, running = await store.clear(KEY.uid, ["hook"], False, T0 + 1)
+    await store.complete(KEY, done(reserved, AttemptResult.SUCCEEDED), T0 + 2)
+    record = await store.read(KEY, T0 + 3)
+
+    assert (cleared, running) == (["hook"], ["hook"])
+    assert record is not None
+    assert record.status is Status.DELIVERED
+    assert await store.read(other, T0 + 3) is not None
+
+
+async def test_records_expire_after_the_retention(store: Store) -> None:
+    await reserve(store)
+    assert await store.read(KEY, T0 + RETENTION - 1) is not None
+    assert await store.read(KEY, T0 + RETENTION + 1) is None
+    assert await store.read(Key("never", "seen"), T0) is None
+
+
+async def test_watch_sees_a_completion(store: Store) -> None:
+    reserved = await reserve(store)
+    async with store.watch(KEY) as changed:
+        await store.complete(KEY, done(reserved, AttemptResult.SUCCEEDED), T0 + 1)
+        await asyncio.wait_for(changed.wait(), timeout=5)
