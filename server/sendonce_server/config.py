@@ -13,6 +13,7 @@ from .api.validation import CHANNEL_PATTERN
 from .engine.policy import MAX_ATTEMPTS, MIN_ATTEMPTS, PolicyError, RetryPolicy
 
 DAY = 86_400.0
+SQLITE_PREFIX = "sqlite://"
 
 
 class ConfigError(Exception):
@@ -41,7 +42,11 @@ class ServerSettings(BaseSettings):
     config: Path | None = Field(
         None, description="Receivers file (TOML); without it a 'console' receiver is configured"
     )
-    store: str = Field("memory", description="Where delivery state lives: memory")
+    store: str = Field(
+        "memory",
+        description="Where delivery state lives: memory, or sqlite:///absolute/path.db "
+        "(sqlite://relative.db) to survive restarts",
+    )
     max_body_bytes: int = Field(
         64 * 1024, gt=0, le=4 * 1024 * 1024, description="Largest notification body accepted"
     )
@@ -62,9 +67,20 @@ class ServerSettings(BaseSettings):
     @field_validator("store")
     @classmethod
     def _known_store(cls, value: str) -> str:
-        if value != "memory":
-            raise ValueError(f"unsupported store {value!r}: supported: memory")
+        if value != "memory" and not (
+            value.startswith(SQLITE_PREFIX) and value.removeprefix(SQLITE_PREFIX)
+        ):
+            raise ValueError(
+                f"unsupported store {value!r}: use memory or sqlite:///path/to/state.db"
+            )
         return value
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file of a sqlite:// store (sqlite:///abs.db is /abs.db)."""
+        if not self.store.startswith(SQLITE_PREFIX):
+            return None
+        return Path(self.store.removeprefix(SQLITE_PREFIX))
 
 
 class RetryConfig(BaseModel):

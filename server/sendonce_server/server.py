@@ -25,6 +25,7 @@ from .config import ConfigError, ReceiversFile, ServerSettings, load_receivers
 from .engine.engine import Engine, EngineSettings, Receiver
 from .store.base import Store
 from .store.memory import MemoryStore
+from .store.sqlite import SqliteStore
 
 log = logging.getLogger("sendonce.server")
 
@@ -71,6 +72,10 @@ def build_receivers(config: ReceiversFile) -> list[Receiver]:
 
 
 def build_store(settings: ServerSettings) -> Store:
+    if settings.sqlite_path is not None:
+        return SqliteStore(
+            settings.sqlite_path, retention=settings.retention, clear_grace=settings.clear_grace
+        )
     return MemoryStore(retention=settings.retention, clear_grace=settings.clear_grace)
 
 
@@ -78,8 +83,12 @@ async def start(settings: ServerSettings, receivers: Sequence[Receiver] | None =
     """Build and start the sidecar; receivers default to those of the settings' config file."""
     if receivers is None:
         receivers = build_receivers(load_receivers(settings.config))
+    store = build_store(settings)
+    if not await store.ping():
+        await store.close()
+        raise ConfigError(f"cannot open the store {settings.store}")
     engine = Engine(
-        build_store(settings),
+        store,
         receivers,
         settings=EngineSettings(lease_margin=settings.lease_margin),
     )

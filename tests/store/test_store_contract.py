@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from sendonce_server.engine.decisions import (
     ABANDONED_ERROR,
@@ -19,6 +21,7 @@ from sendonce_server.engine.decisions import (
 from sendonce_server.engine.model import AttemptResult, Key, Outcome, Receipt, Status
 from sendonce_server.store.base import Store
 from sendonce_server.store.memory import MemoryStore
+from sendonce_server.store.sqlite import SqliteStore
 
 T0 = 1_800_000_000.0
 KEY = Key("uid-1", "hook")
@@ -36,15 +39,18 @@ def request(persisted: int = 0, max_attempts: int = 3, fingerprint: str = "fp-1"
     )
 
 
-StoreFactory = Callable[[], Store]
+StoreFactory = Callable[[Path], Store]
 STORES: dict[str, StoreFactory] = {
-    "memory": lambda: MemoryStore(retention=RETENTION, clear_grace=GRACE),
+    "memory": lambda _: MemoryStore(retention=RETENTION, clear_grace=GRACE),
+    "sqlite": lambda tmp: SqliteStore(tmp / "state.db", retention=RETENTION, clear_grace=GRACE),
 }
 
 
-@pytest.fixture(params=sorted(STORES))
-def store(request: pytest.FixtureRequest) -> Store:
-    return STORES[request.param]()
+@pytest_asyncio.fixture(params=sorted(STORES))
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    store = STORES[request.param](tmp_path)
+    yield store
+    await store.close()
 
 
 async def reserve(store: Store, now: float = T0, persisted: int = 0) -> Reserved:

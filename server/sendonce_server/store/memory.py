@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 
 from ..engine import decisions
 from ..engine.decisions import Completion, Decision, ReserveRequest
 from ..engine.model import Key, Record
+from .watchers import KeyWatchers
 
 DAY = 86_400.0
 # Expired records swept per write: amortised O(1), so no background task is needed.
@@ -27,7 +28,7 @@ class MemoryStore:
         self._live: OrderedDict[Key, Record] = OrderedDict()
         self._tombstones: OrderedDict[Key, Record] = OrderedDict()
         self._channels_by_uid: dict[str, set[str]] = {}
-        self._watchers: dict[Key, list[asyncio.Event]] = {}
+        self._watchers = KeyWatchers()
 
     def __len__(self) -> int:
         return len(self._live) + len(self._tombstones)
@@ -67,20 +68,11 @@ class MemoryStore:
             else:
                 decisions.tombstone(record, now, self.clear_grace)
                 self._put(key, record, now)
-            self._notify(key)
+            self._watchers.notify(key)
         return cleared, running
 
-    @asynccontextmanager
-    async def watch(self, key: Key) -> AsyncIterator[asyncio.Event]:
-        changed = asyncio.Event()
-        watchers = self._watchers.setdefault(key, [])
-        watchers.append(changed)
-        try:
-            yield changed
-        finally:
-            watchers.remove(changed)
-            if not watchers:
-                del self._watchers[key]
+    def watch(self, key: Key) -> AbstractAsyncContextManager[asyncio.Event]:
+        return self._watchers.watch(key)
 
     async def ping(self) -> bool:
         return True
@@ -103,7 +95,7 @@ class MemoryStore:
         home[key] = record
         home.move_to_end(key)
         self._channels_by_uid.setdefault(key.uid, set()).add(key.channel)
-        self._notify(key)
+        self._watchers.notify(key)
         self._sweep(now)
 
     def _delete(self, key: Key) -> None:
@@ -114,10 +106,6 @@ class MemoryStore:
             channels.discard(key.channel)
             if not channels:
                 del self._channels_by_uid[key.uid]
-
-    def _notify(self, key: Key) -> None:
-        for changed in self._watchers.get(key, ()):
-            changed.set()
 
     def _sweep(self, now: float) -> None:
         for records in (self._live, self._tombstones):

@@ -1,0 +1,53 @@
+"""Records as compact JSON, for the stores that keep them outside the process."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..engine.model import AttemptEntry, AttemptResult, Lease, Receipt, Record, Status
+
+
+def dumps(record: Record) -> str:
+    data: dict[str, Any] = {
+        "fp": record.fingerprint,
+        "max": record.max_attempts,
+        "n": record.attempts,
+        "st": record.status.value,
+        "next": record.next_attempt_at,
+        "err": record.last_error,
+        "fence": record.fence,
+        "cl": record.cleared,
+        "exp": record.expires_at,
+        "h": [
+            [e.number, e.started_at, e.result.value, e.finished_at, e.error] for e in record.history
+        ],
+    }
+    if record.lease is not None:
+        data["lease"] = [record.lease.attempt, record.lease.token, record.lease.expires_at]
+    if record.receipt is not None:
+        data["rcpt"] = [record.receipt.reference, dict(record.receipt.details)]
+    return json.dumps(data, separators=(",", ":"))
+
+
+def loads(text: str) -> Record:
+    data = json.loads(text)
+    lease = data.get("lease")
+    receipt = data.get("rcpt")
+    return Record(
+        fingerprint=data["fp"],
+        max_attempts=data["max"],
+        attempts=data["n"],
+        status=Status(data["st"]),
+        lease=Lease(*lease) if lease else None,
+        next_attempt_at=data["next"],
+        last_error=data["err"],
+        receipt=Receipt(receipt[0], receipt[1]) if receipt else None,
+        history=[
+            AttemptEntry(number, started, AttemptResult(result), finished, error)
+            for number, started, result, finished, error in data["h"]
+        ],
+        fence=data["fence"],
+        cleared=data["cl"],
+        expires_at=data["exp"],
+    )

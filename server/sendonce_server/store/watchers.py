@@ -1,0 +1,30 @@
+"""Events that tell in-process waiters a key's record changed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from ..engine.model import Key
+
+
+class KeyWatchers:
+    def __init__(self) -> None:
+        self._events: dict[Key, list[asyncio.Event]] = {}
+
+    @asynccontextmanager
+    async def watch(self, key: Key) -> AsyncIterator[asyncio.Event]:
+        changed = asyncio.Event()
+        events = self._events.setdefault(key, [])
+        events.append(changed)
+        try:
+            yield changed
+        finally:
+            events.remove(changed)
+            if not events:
+                del self._events[key]
+
+    def notify(self, key: Key) -> None:
+        for changed in self._events.get(key, ()):
+            changed.set()
