@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.support.http_receiver"]
+pytest_plugins = ["tests.support.http_receiver", "tests.support.redis_server"]

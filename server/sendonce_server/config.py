@@ -14,6 +14,7 @@ from .engine.policy import MAX_ATTEMPTS, MIN_ATTEMPTS, PolicyError, RetryPolicy
 
 DAY = 86_400.0
 SQLITE_PREFIX = "sqlite://"
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class ConfigError(Exception):
@@ -44,8 +45,9 @@ class ServerSettings(BaseSettings):
     )
     store: str = Field(
         "memory",
-        description="Where delivery state lives: memory, or sqlite:///absolute/path.db "
-        "(sqlite://relative.db) to survive restarts",
+        description="Where delivery state lives: memory (one process); "
+        "sqlite:///absolute/path.db (sqlite://relative.db) to survive restarts; "
+        "redis://[:password@]host:port/db or rediss:// (TLS) to share it between replicas",
     )
     max_body_bytes: int = Field(
         64 * 1024, gt=0, le=4 * 1024 * 1024, description="Largest notification body accepted"
@@ -64,16 +66,23 @@ class ServerSettings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
 
+    store_check_interval: float = Field(
+        2.0, gt=0, description="Seconds between store health checks (health NOT_SERVING when down)"
+    )
+
     @field_validator("store")
     @classmethod
     def _known_store(cls, value: str) -> str:
-        if value != "memory" and not (
-            value.startswith(SQLITE_PREFIX) and value.removeprefix(SQLITE_PREFIX)
-        ):
-            raise ValueError(
-                f"unsupported store {value!r}: use memory or sqlite:///path/to/state.db"
-            )
-        return value
+        if value == "memory" or value.startswith(REDIS_SCHEMES):
+            return value
+        if value.startswith(SQLITE_PREFIX) and value.removeprefix(SQLITE_PREFIX):
+            return value
+        # Only the scheme is echoed: the rest of a store URL may hold a password.
+        scheme = value.partition("://")[0] if "://" in value else value[:20]
+        raise ValueError(
+            f"unsupported store {scheme!r}: use memory, sqlite:///path/to/state.db, "
+            "redis://host:port/db or rediss://host:port/db"
+        )
 
     @property
     def sqlite_path(self) -> Path | None:

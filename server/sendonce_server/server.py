@@ -119,6 +119,10 @@ async def start(settings: ServerSettings, receivers: Sequence[Receiver] | None =
 def _listen(server: grpc.aio.Server, settings: ServerSettings) -> list[str]:
     addresses = []
     if settings.listen:
+        requested = settings.listen.rpartition(":")[2]
+        # gRPC keeps only the low 16 bits of a port: :99999 would silently listen on :34463.
+        if requested.isdigit() and int(requested) > 65535:
+            raise ConfigError(f"cannot listen on {settings.listen}: the port must be 0 to 65535")
         try:
             port = server.add_insecure_port(settings.listen)
         except RuntimeError:
@@ -152,14 +156,18 @@ def _remove_stale_socket(path: Path) -> None:
 
 async def serve(settings: ServerSettings) -> int:
     """Run until SIGTERM or SIGINT, then stop gracefully. Returns the exit status."""
-    sidecar = await start(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Installed before the health service can answer SERVING: from then on a SIGTERM must mean
+    # a graceful stop, never the default instant death.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(Exception):
-            loop.remove_signal_handler(signum)
+    try:
+        sidecar = await start(settings)
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(signum)
     await sidecar.stop()
     return 0

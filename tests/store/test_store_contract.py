@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from sendonce_server.engine.decisions import (
 from sendonce_server.engine.model import AttemptResult, Key, Outcome, Receipt, Status
 from sendonce_server.store.base import Store
 from sendonce_server.store.memory import MemoryStore
+from sendonce_server.store.redis import RedisStore
 from sendonce_server.store.sqlite import SqliteStore
 
 T0 = 1_800_000_000.0
@@ -39,16 +41,24 @@ def request(persisted: int = 0, max_attempts: int = 3, fingerprint: str = "fp-1"
     )
 
 
-StoreFactory = Callable[[Path], Store]
-STORES: dict[str, StoreFactory] = {
-    "memory": lambda _: MemoryStore(retention=RETENTION, clear_grace=GRACE),
-    "sqlite": lambda tmp: SqliteStore(tmp / "state.db", retention=RETENTION, clear_grace=GRACE),
-}
+def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if kind == "memory":
+        return MemoryStore(retention=RETENTION, clear_grace=GRACE)
+    if kind == "sqlite":
+        return SqliteStore(tmp_path / "state.db", retention=RETENTION, clear_grace=GRACE)
+    # The tests' clock runs ahead of Redis's, so the scripts take the tests' time.
+    return RedisStore(
+        request.getfixturevalue("redis_url"),
+        retention=RETENTION,
+        clear_grace=GRACE,
+        prefix=f"test-{uuid.uuid4().hex}:",
+        server_time=False,
+    )
 
 
-@pytest_asyncio.fixture(params=sorted(STORES))
+@pytest_asyncio.fixture(params=["memory", "sqlite", "redis"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    store = STORES[request.param](tmp_path)
+    store = make_store(request.param, request, tmp_path)
     yield store
     await store.close()
 
@@ -59,14 +69,14 @@ async def reserve(store: Store, now: float = T0, persisted: int = 0) -> Reserved
     return decision
 
 
-def done(reserved: Reserved, result: AttemptResult, next_at: float = 0.0) -> Completion:
+def done(reserved: Reserved, result: AttemptResult, delay: float = 0.0) -> Completion:
     return Completion(
         attempt=reserved.lease.attempt,
         token=reserved.lease.token,
         result=result,
         error="" if result is AttemptResult.SUCCEEDED else "HTTP 500",
         receipt=Receipt("HTTP 200") if result is AttemptResult.SUCCEEDED else None,
-        next_attempt_at=next_at,
+        retry_delay=delay,
     )
 
 
@@ -105,7 +115,7 @@ async def test_a_stale_holder_cannot_change_the_status_but_its_late_success_coun
 ) -> None:
     first = await reserve(store)
     second = await reserve(store, now=T0 + LEASE + 1)  # the first lease expired
-    await store.complete(KEY, done(first, AttemptResult.FAILED, next_at=T0 + 999), T0 + 12)
+    await store.complete(KEY, done(first, AttemptResult.FAILED, delay=999), T0 + 12)
     record = await store.read(KEY, T0 + 12)
     assert record is not None
     assert (record.status, record.lease, record.next_attempt_at) == (
@@ -139,14 +149,14 @@ async def test_payload_mismatch(store: Store) -> None:
 async def test_budget_backoff_and_persisted_attempts(store: Store) -> None:
     first = await reserve(store, persisted=1)
     assert first.lease.attempt == 2
-    await store.complete(KEY, done(first, AttemptResult.FAILED, next_at=T0 + 30), T0 + 1)
+    await store.complete(KEY, done(first, AttemptResult.FAILED, delay=29), T0 + 1)
 
     early = await store.reserve(KEY, request(), T0 + 29)
     assert isinstance(early, Verdict)
     assert early.outcome is Outcome.RETRY_LATER
     last = await reserve(store, now=T0 + 30)
     assert last.lease.attempt == 3
-    await store.complete(KEY, done(last, AttemptResult.FAILED, next_at=T0 + 90), T0 + 31)
+    await store.complete(KEY, done(last, AttemptResult.FAILED, delay=60), T0 + 31)
     spent = await store.reserve(KEY, request(), T0 + 1_000)
 
     assert isinstance(spent, Verdict)
@@ -216,3 +226,19 @@ async def test_watch_sees_a_completion(store: Store) -> None:
     async with store.watch(KEY) as changed:
         await store.complete(KEY, done(reserved, AttemptResult.SUCCEEDED), T0 + 1)
         await asyncio.wait_for(changed.wait(), timeout=5)
+
+
+async def test_a_completion_from_before_a_forced_clear_leaves_the_new_attempt_alone(
+    store: Store,
+) -> None:
+    old = await reserve(store)
+    await store.clear(KEY.uid, [], True, T0 + 1)
+    new = await reserve(store, now=T0 + 2)
+    assert new.lease.attempt == old.lease.attempt
+
+    await store.complete(KEY, done(old, AttemptResult.FAILED), T0 + 3)
+    record = await store.read(KEY, T0 + 3)
+
+    assert record is not None
+    assert record.lease == new.lease
+    assert [(e.number, e.result) for e in record.history] == [(1, AttemptResult.RUNNING)]

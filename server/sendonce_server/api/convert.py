@@ -52,6 +52,7 @@ def notification(message: pb.Notification, limits: Limits) -> Notification:
     validation.check_body(message.body, limits)
     metadata = dict(message.metadata)
     validation.check_metadata(metadata)
+    validation.check_links(len(message.links))
     for index, link in enumerate(message.links):
         validation.check_link(link.title, link.url, index)
     priority = _PRIORITY.get(message.priority)

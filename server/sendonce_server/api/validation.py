@@ -67,6 +67,13 @@ def check_metadata(metadata: dict[str, str], field: str = "notification.metadata
         raise InvalidInput(field, "keys must not be empty")
 
 
+def check_links(count: int) -> None:
+    if count > MAX_LINKS:
+        raise InvalidInput(
+            "notification.links", f"must have at most {MAX_LINKS} links, got {count}"
+        )
+
+
 def check_link(title: str, url: str, index: int) -> None:
     if not url.strip():
         raise InvalidInput(f"notification.links[{index}].url", "must not be empty")

@@ -74,8 +74,9 @@ class Completion:
     result: AttemptResult
     error: str = ""
     receipt: Receipt | None = None
-    # When the next attempt may start, if this one failed retryably.
-    next_attempt_at: float = 0.0
+    # Seconds until the next attempt may start, if this one failed retryably. Relative, so a
+    # store that keeps time itself (Redis) measures it with its own clock.
+    retry_delay: float = 0.0
 
 
 def new_record(fingerprint: str, max_attempts: int, now: float) -> Record:
@@ -91,7 +92,7 @@ def reap_expired_lease(record: Record, now: float) -> bool:
     if lease is None or lease.expires_at > now:
         return False
     record.lease = None
-    entry = record.entry(lease.attempt)
+    entry = record.entry(lease.attempt, lease.token)
     if entry is not None and entry.result is AttemptResult.RUNNING:
         entry.result = AttemptResult.ABANDONED
         entry.error = ABANDONED_ERROR
@@ -147,7 +148,7 @@ def decide(
     expires_at = now + request.lease_seconds
     lease = Lease(attempt=record.attempts, token=record.fence, expires_at=expires_at)
     record.lease = lease
-    record.history.append(AttemptEntry(number=lease.attempt, started_at=now))
+    record.history.append(AttemptEntry(lease.attempt, now, token=lease.token))
     # A key delivered again after a default clear is a live record once more.
     record.cleared = False
     record.expires_at = max(record.expires_at, now + retention)
@@ -163,7 +164,7 @@ def complete(record: Record | None, completion: Completion, now: float, retentio
     """
     if record is None:
         return False
-    entry = record.entry(completion.attempt)
+    entry = record.entry(completion.attempt, completion.token)
     if entry is not None:
         entry.result = completion.result
         entry.error = completion.error
@@ -181,7 +182,7 @@ def complete(record: Record | None, completion: Completion, now: float, retentio
         if completion.result is AttemptResult.FAILED_PERMANENT:
             record.status = Status.FAILED_PERMANENT
         else:
-            record.next_attempt_at = completion.next_attempt_at
+            record.next_attempt_at = now + completion.retry_delay
             if record.attempts >= record.max_attempts:
                 record.status = Status.EXHAUSTED
     elif not current and entry is None and not succeeded:
@@ -211,7 +212,9 @@ def state_of(
     lease = record.lease
     live = lease is not None and lease.expires_at > now
     history = tuple(
-        AttemptEntry(e.number, e.started_at, AttemptResult.ABANDONED, None, ABANDONED_ERROR)
+        AttemptEntry(
+            e.number, e.started_at, AttemptResult.ABANDONED, None, ABANDONED_ERROR, e.token
+        )
         if e.result is AttemptResult.RUNNING and not live
         else replace(e)
         for e in record.history

@@ -151,7 +151,8 @@ class Engine:
                 async with asyncio.timeout_at(deadline):
                     step = await asyncio.shield(flight.task)
             except TimeoutError:
-                return self._in_progress(flight.lease, flight.attempts_used, flight.max_attempts)
+                waiting = self._in_progress(flight.lease, flight.attempts_used, flight.max_attempts)
+                return replace(waiting, shared=joined)
             finally:
                 self._waiting -= 1
             if isinstance(step, DeliveryResult):
@@ -265,7 +266,7 @@ class Engine:
             result=_SEND_RESULT[sent.status],
             error=sent.error,
             receipt=sent.receipt,
-            next_attempt_at=now + max(backoff, sent.retry_after or 0.0),
+            retry_delay=max(backoff, sent.retry_after or 0.0),
         )
         log.info(
             "attempt finished",
@@ -315,7 +316,7 @@ class Engine:
             while True:
                 now = self.clock.now()
                 record = await self.store.read(key, now)
-                entry = record.entry(lease.attempt) if record is not None else None
+                entry = record.entry(lease.attempt, lease.token) if record is not None else None
                 if record is None or entry is None:
                     return None
                 if entry.result in _FINISHED:
@@ -407,7 +408,7 @@ def _own_result(
         if sent.status is SendStatus.SUCCESS:
             return replace(result, receipt=sent.receipt)
         return result
-    retry_after = max(0.0, completion.next_attempt_at - now)
+    retry_after = completion.retry_delay
     outcome = {
         SendStatus.SUCCESS: Outcome.DELIVERED,
         SendStatus.PERMANENT: Outcome.FAILED_PERMANENT,

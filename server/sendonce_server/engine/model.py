@@ -103,6 +103,8 @@ class AttemptEntry:
     result: AttemptResult = AttemptResult.RUNNING
     finished_at: float | None = None
     error: str = ""
+    # The lease's fencing token: a late completion only ever touches its own attempt's entry.
+    token: int = 0
 
 
 @dataclass(slots=True)
@@ -133,9 +135,9 @@ class Record:
     cleared: bool = False
     expires_at: float = 0.0
 
-    def entry(self, number: int) -> AttemptEntry | None:
+    def entry(self, number: int, token: int) -> AttemptEntry | None:
         for candidate in reversed(self.history):
-            if candidate.number == number:
+            if candidate.number == number and candidate.token == token:
                 return candidate
         return None
 

@@ -20,7 +20,8 @@ def dumps(record: Record) -> str:
         "cl": record.cleared,
         "exp": record.expires_at,
         "h": [
-            [e.number, e.started_at, e.result.value, e.finished_at, e.error] for e in record.history
+            [e.number, e.started_at, e.result.value, e.finished_at, e.error, e.token]
+            for e in record.history
         ],
     }
     if record.lease is not None:
@@ -42,12 +43,14 @@ def loads(text: str) -> Record:
         lease=Lease(*lease) if lease else None,
         next_attempt_at=data["next"],
         last_error=data["err"],
-        receipt=Receipt(receipt[0], receipt[1]) if receipt else None,
+        # A JSON encoder without arrays vs objects (Redis's cjson) writes an empty one as {}.
+        receipt=Receipt(receipt[0], receipt[1] or {}) if receipt else None,
         history=[
-            AttemptEntry(number, started, AttemptResult(result), finished, error)
-            for number, started, result, finished, error in data["h"]
+            AttemptEntry(number, started, AttemptResult(result), finished, error, token)
+            for number, started, result, finished, error, token in data["h"]
         ],
-        fence=data["fence"],
+        # Redis keeps the fencing counter in a key of its own.
+        fence=data.get("fence", 0),
         cleared=data["cl"],
         expires_at=data["exp"],
     )

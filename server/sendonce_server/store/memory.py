@@ -28,7 +28,7 @@ class MemoryStore:
         self._live: OrderedDict[Key, Record] = OrderedDict()
         self._tombstones: OrderedDict[Key, Record] = OrderedDict()
         self._channels_by_uid: dict[str, set[str]] = {}
-        self._watchers = KeyWatchers()
+        self._watchers = KeyWatchers[Key]()
 
     def __len__(self) -> int:
         return len(self._live) + len(self._tombstones)

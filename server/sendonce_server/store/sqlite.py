@@ -48,7 +48,7 @@ class SqliteStore:
         self.clear_grace = clear_grace
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sendonce-sqlite")
         self._db: sqlite3.Connection | None = None
-        self._watchers = KeyWatchers()
+        self._watchers = KeyWatchers[Key]()
 
     async def reserve(self, key: Key, request: ReserveRequest, now: float) -> Decision:
         def step(db: sqlite3.Connection) -> Decision:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable
 from contextlib import asynccontextmanager
+from typing import Generic, TypeVar
 
-from ..engine.model import Key
+K = TypeVar("K", bound=Hashable)
 
 
-class KeyWatchers:
+class KeyWatchers(Generic[K]):
     def __init__(self) -> None:
-        self._events: dict[Key, list[asyncio.Event]] = {}
+        self._events: dict[K, list[asyncio.Event]] = {}
 
     @asynccontextmanager
-    async def watch(self, key: Key) -> AsyncIterator[asyncio.Event]:
+    async def watch(self, key: K) -> AsyncIterator[asyncio.Event]:
         changed = asyncio.Event()
         events = self._events.setdefault(key, [])
         events.append(changed)
@@ -25,6 +26,6 @@ class KeyWatchers:
             if not events:
                 del self._events[key]
 
-    def notify(self, key: Key) -> None:
+    def notify(self, key: K) -> None:
         for changed in self._events.get(key, ()):
             changed.set()

@@ -1,0 +1,34 @@
+"""The store named by the --store setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from .base import Store
+from .memory import MemoryStore
+from .redis import RedisStore
+from .sqlite import SqliteStore
+
+SQLITE_PREFIX = "sqlite://"
+
+
+def build_store(url: str, *, retention: float, clear_grace: float) -> Store:
+    if url == "memory":
+        return MemoryStore(retention=retention, clear_grace=clear_grace)
+    if url.startswith(SQLITE_PREFIX):
+        path = Path(url.removeprefix(SQLITE_PREFIX))
+        return SqliteStore(path, retention=retention, clear_grace=clear_grace)
+    return RedisStore(url, retention=retention, clear_grace=clear_grace)
+
+
+def display_url(url: str) -> str:
+    """The store URL fit for logs and errors: a password in it is replaced."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:" if parts.username else ":"
+    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))

@@ -1,0 +1,147 @@
+"""What the Redis store adds to the contract: server time, TTLs, hash tags, replicas, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+
+from sendonce_server.channels.base import SendResult
+from sendonce_server.engine.decisions import Completion, Reserved, ReserveRequest
+from sendonce_server.engine.engine import Engine, EngineSettings, Receiver
+from sendonce_server.engine.model import AttemptResult, Key, Notification, Outcome
+from sendonce_server.engine.policy import RetryPolicy
+from sendonce_server.store.base import StoreUnavailable
+from sendonce_server.store.redis import RedisStore
+from tests.support.redis_server import free_port
+from tests.support.scripted_channel import ScriptedChannel
+
+KEY = Key("2f6c1a7e-uid", "hook")
+REQUEST = ReserveRequest(fingerprint="fp", max_attempts=3, persisted_attempts=0, lease_seconds=10)
+
+
+@pytest_asyncio.fixture
+async def prefix() -> str:
+    return f"test-{uuid.uuid4().hex}:"
+
+
+@pytest_asyncio.fixture
+async def store(redis_url: str, prefix: str) -> AsyncIterator[RedisStore]:
+    store = RedisStore(redis_url, retention=3600, clear_grace=60, prefix=prefix)
+    yield store
+    await store.close()
+
+
+@pytest_asyncio.fixture
+async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def test_leases_are_timed_by_the_server_clock(store: RedisStore) -> None:
+    """A holder whose clock is far off does not move its lease."""
+    before = time.time()
+    decision = await store.reserve(KEY, REQUEST, now=0.0)
+    after = time.time()
+
+    assert isinstance(decision, Reserved)
+    assert before + 10 - 1 <= decision.lease.expires_at <= after + 10 + 1
+
+
+async def test_records_and_tombstones_carry_ttls(
+    store: RedisStore, raw: aioredis.Redis, prefix: str
+) -> None:
+    decision = await store.reserve(KEY, REQUEST, now=0.0)
+    assert isinstance(decision, Reserved)
+    record_key = f"{prefix}{{{KEY.uid}}}:r:{KEY.channel}"
+    fence_key = f"{prefix}{{{KEY.uid}}}:f:{KEY.channel}"
+    index_key = f"{prefix}{{{KEY.uid}}}:i"
+
+    assert 3590_000 < await raw.pttl(record_key) <= 3600_000
+    assert 3590 < await raw.ttl(fence_key) <= 3600
+    assert 3590_000 < await raw.pttl(index_key) <= 3600_000
+    await store.clear(KEY.uid, [], False, now=0.0)
+    assert 0 < await raw.pttl(record_key) <= 60_000
+
+
+async def test_keys_of_a_notification_share_one_cluster_slot(
+    store: RedisStore, raw: aioredis.Redis, prefix: str
+) -> None:
+    for channel in ("hook", "mail", "pager"):
+        await store.reserve(Key(KEY.uid, channel), REQUEST, now=0.0)
+
+    keys = [key async for key in raw.scan_iter(match=f"{prefix}*")]
+
+    assert len(keys) == 7  # three records, three fencing counters, one index
+    assert len({key_slot(key) for key in keys}) == 1
+
+
+async def test_a_replica_waits_for_another_replicas_attempt_and_shares_it(
+    redis_url: str, prefix: str
+) -> None:
+    """Two engines, two stores, one Redis: the second joins the first's attempt (pub/sub)."""
+    policy = RetryPolicy(max_attempts=3, initial_backoff=0.0, jitter=0.0)
+    settings = EngineSettings(lease_margin=5.0)
+    holding = ScriptedChannel(hold=True)
+    idle = ScriptedChannel()
+    first = Engine(
+        RedisStore(redis_url, prefix=prefix), [Receiver("hook", holding, policy)], settings=settings
+    )
+    second = Engine(
+        RedisStore(redis_url, prefix=prefix), [Receiver("hook", idle, policy)], settings=settings
+    )
+    note = Notification(subject="node not ready")
+    try:
+        held = asyncio.create_task(first.deliver(KEY, note))
+        await holding.wait_for_sends(1)
+        joined = asyncio.create_task(second.deliver(KEY, note, timeout=10.0))
+        await _until_waiting(second)
+        holding.answer(SendResult.success())
+
+        shared = await joined
+        assert (await held).outcome is Outcome.DELIVERED
+        assert (shared.outcome, shared.attempt, shared.shared) == (Outcome.DELIVERED, 1, True)
+        assert idle.sends == []
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def _until_waiting(engine: Engine) -> None:
+    """The joiner is subscribed and watching once its flight waits on the foreign lease."""
+    store = engine.store
+    assert isinstance(store, RedisStore)
+    while not store._watchers._events:  # noqa: ASYNC110 - no event announces a new watcher
+        await asyncio.sleep(0.005)
+
+
+async def test_an_unreachable_redis_is_unavailable_and_never_leaks_the_password() -> None:
+    store = RedisStore(f"redis://:s3cret-pass@127.0.0.1:{free_port()}/0", timeout=0.5)
+    try:
+        with pytest.raises(StoreUnavailable) as error:
+            await store.reserve(KEY, REQUEST, now=0.0)
+        assert "s3cret" not in str(error.value)
+        assert not await store.ping()
+    finally:
+        await store.close()
+
+
+async def test_a_stale_completion_cannot_undo_a_success(store: RedisStore) -> None:
+    decision = await store.reserve(KEY, REQUEST, now=0.0)
+    assert isinstance(decision, Reserved)
+    lease = decision.lease
+    success = Completion(lease.attempt, lease.token, AttemptResult.SUCCEEDED)
+    stale = Completion(lease.attempt, lease.token, AttemptResult.FAILED, error="HTTP 500")
+
+    await store.complete(KEY, success, now=0.0)
+    record = await store.complete(KEY, stale, now=0.0)
+
+    assert record is not None
+    assert record.status.value == "delivered"
