@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from sendonce.client import ADDRESS_ENV, DEFAULT_ADDRESS, Client, SendonceError
 from sendonce.types import (
     AttemptCountResult,
+    CircuitState,
     ClearResult,
     DeliverResult,
     Link,
@@ -284,7 +285,9 @@ def _render_attempts(result: AttemptCountResult) -> str:
     if result.in_flight:
         facts.append("in flight")
     if result.cleared:
-        facts.append("cleared (history gone)")
+        facts.append("cleared (only the running or successful attempt is kept)")
+    if result.circuit in (CircuitState.OPEN, CircuitState.HALF_OPEN):
+        facts.append(f"circuit {result.circuit.value.replace('_', '-')}")
     lines = [f"{state}: {', '.join(facts)}"]
     if result.retry_after is not None:
         lines.append(f"retry after: {_duration(result.retry_after)}")

@@ -60,6 +60,18 @@ class Outcome(enum.Enum):
     RETRY_LATER = "retry_later"
     #: Another caller's attempt was still running at this call's deadline; ask again later.
     IN_PROGRESS = "in_progress"
+    #: The receiver's circuit breaker is open after repeated failures; no attempt was used.
+    CIRCUIT_OPEN = "circuit_open"
+
+
+class CircuitState(enum.Enum):
+    """A receiver's circuit breaker in the answering sidecar process."""
+
+    #: A value this client version does not know (sent by a newer sidecar).
+    UNKNOWN = "unknown"
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
 
 
 class AttemptResult(enum.Enum):
@@ -176,6 +188,8 @@ class AttemptCountResult:
     history: tuple[Attempt, ...] = ()
     #: True when only a tombstone of a cleared key remains (its history is gone).
     cleared: bool = False
+    #: The channel's circuit breaker.
+    circuit: CircuitState = CircuitState.UNKNOWN
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +208,11 @@ class ClearResult:
 _PRIORITY_TO_PB = {p: delivery_pb2.Priority.Value(f"PRIORITY_{p.name}") for p in Priority}
 _OUTCOME_FROM_PB = {
     delivery_pb2.Outcome.Value(f"OUTCOME_{o.name}"): o for o in Outcome if o is not Outcome.UNKNOWN
+}
+_CIRCUIT_FROM_PB = {
+    delivery_pb2.CircuitState.Value(f"CIRCUIT_STATE_{c.name}"): c
+    for c in CircuitState
+    if c is not CircuitState.UNKNOWN
 }
 _ATTEMPT_RESULT_FROM_PB = {
     delivery_pb2.AttemptResult.Value(f"ATTEMPT_RESULT_{r.name}"): r
@@ -322,6 +341,7 @@ def attempt_count_result_from_pb(message: delivery_pb2.AttemptCountResponse) -> 
         last_error=message.last_error,
         history=tuple(attempt_from_pb(entry) for entry in message.history),
         cleared=message.cleared,
+        circuit=_CIRCUIT_FROM_PB.get(message.circuit, CircuitState.UNKNOWN),
     )
 
 

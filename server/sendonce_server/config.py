@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .api.validation import CHANNEL_PATTERN
+from .engine.breaker import BreakerSettings
 from .engine.policy import MAX_ATTEMPTS, MIN_ATTEMPTS, PolicyError, RetryPolicy
 
 DAY = 86_400.0
@@ -107,12 +108,27 @@ class RetryConfig(BaseModel):
         return base.merged(**self.model_dump())
 
 
+class BreakerConfig(BaseModel):
+    """The receiver's circuit breaker."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    failures: int = Field(
+        5, ge=0, le=1000, description="Consecutive retryable failures that open it; 0: off"
+    )
+    open_seconds: float = Field(60.0, gt=0, description="How long it stays open before a probe")
+
+    def settings(self) -> BreakerSettings:
+        return BreakerSettings(failures=self.failures, open_for=self.open_seconds)
+
+
 class ReceiverConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
     type: str
     retry: RetryConfig = RetryConfig()
+    breaker: BreakerConfig = BreakerConfig()
     settings: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")

@@ -7,9 +7,10 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeAlias
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -32,6 +33,39 @@ log = logging.getLogger("sendonce.server")
 SERVICE_NAME = delivery_pb2.DESCRIPTOR.services_by_name["DeliveryService"].full_name
 
 
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+
+
+class CallGate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # not generic at run time
+    """Once closed, answers new DeliveryService calls UNAVAILABLE before any handler runs.
+
+    The server itself keeps running while attempts drain: health answers NOT_SERVING and a
+    caller gets a status it may retry. (Calls still queued when gRPC core shuts down would get
+    CANCELLED instead, grpc/grpc#41785.)
+    """
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        if self.closed and handler_call_details.method.startswith(f"/{SERVICE_NAME}/"):
+            return _REFUSED
+        return await continuation(handler_call_details)
+
+
+async def _refuse(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    await context.abort(
+        grpc.StatusCode.UNAVAILABLE, "sendonce-server is shutting down; nothing was sent"
+    )
+
+
+_REFUSED = grpc.unary_unary_rpc_method_handler(_refuse)
+
+
 @dataclass
 class Sidecar:
     """A started server and what it serves; `stop` drains it."""
@@ -41,19 +75,29 @@ class Sidecar:
     health: HealthServicer
     addresses: Sequence[str]
     settings: ServerSettings
+    gate: CallGate
 
     async def stop(self) -> None:
         """Health goes NOT_SERVING, new calls are refused, running attempts get the grace."""
         grace = self.settings.shutdown_grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+
+        def remaining() -> float:
+            return max(0.0, deadline - loop.time())
+
+        self.gate.closed = True
         await self.health.enter_graceful_shutdown()
         running = self.engine.running
         if running:
             log.info("shutting down: waiting up to %gs for %d running attempts", grace, running)
         else:
             log.info("shutting down")
-        stopping = asyncio.create_task(self.server.stop(grace))
-        left = await self.engine.drain(grace)
-        await stopping
+        await self.engine.drain(grace)
+        # The calls that passed the gate send their answers (a call taken just before it closed
+        # may have started its attempt after the drain began: the engine is drained again).
+        await self.server.stop(remaining())
+        left = await self.engine.drain(remaining())
         if left:
             log.warning("%d attempts still running at exit; their leases will expire", left)
         await self.engine.close()
@@ -67,7 +111,11 @@ def build_receivers(config: ReceiversFile) -> list[Receiver]:
             channel = build_channel(receiver.type, receiver.settings)
         except ChannelConfigError as error:
             raise ConfigError(f"receiver {receiver.name!r}: {error}") from None
-        receivers.append(Receiver(receiver.name, channel, config.policy_for(receiver)))
+        receivers.append(
+            Receiver(
+                receiver.name, channel, config.policy_for(receiver), receiver.breaker.settings()
+            )
+        )
     return receivers
 
 
@@ -93,7 +141,8 @@ async def start(settings: ServerSettings, receivers: Sequence[Receiver] | None =
         settings=EngineSettings(lease_margin=settings.lease_margin),
     )
     # Two sidecars must never silently share a port.
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    gate = CallGate()
+    server = grpc.aio.server(interceptors=[gate], options=[("grpc.so_reuseport", 0)])
     delivery_pb2_grpc.add_DeliveryServiceServicer_to_server(
         DeliveryServicer(engine, Limits(max_body_bytes=settings.max_body_bytes)), server
     )
@@ -113,7 +162,7 @@ async def start(settings: ServerSettings, receivers: Sequence[Receiver] | None =
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     names = ", ".join(f"{r.name}" for r in receivers)
     log.info("serving on %s; receivers: %s", " and ".join(addresses), names)
-    return Sidecar(server, engine, health_servicer, addresses, settings)
+    return Sidecar(server, engine, health_servicer, addresses, settings, gate)
 
 
 def _listen(server: grpc.aio.Server, settings: ServerSettings) -> list[str]:

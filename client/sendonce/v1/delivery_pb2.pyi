@@ -67,6 +67,10 @@ class _OutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Outcome.Value
     """The backoff since the last failure has not elapsed; no attempt was used."""
     OUTCOME_IN_PROGRESS: _Outcome.ValueType  # 7
     """Another holder's attempt was still running at this call's deadline; ask again later."""
+    OUTCOME_CIRCUIT_OPEN: _Outcome.ValueType  # 8
+    """The receiver's circuit breaker is open after repeated retryable failures; no attempt was
+    used. retry_after says when a probe may go through.
+    """
 
 class Outcome(_Outcome, metaclass=_OutcomeEnumTypeWrapper):
     """Outcome of a Deliver call."""
@@ -86,7 +90,37 @@ OUTCOME_RETRY_LATER: Outcome.ValueType  # 6
 """The backoff since the last failure has not elapsed; no attempt was used."""
 OUTCOME_IN_PROGRESS: Outcome.ValueType  # 7
 """Another holder's attempt was still running at this call's deadline; ask again later."""
+OUTCOME_CIRCUIT_OPEN: Outcome.ValueType  # 8
+"""The receiver's circuit breaker is open after repeated retryable failures; no attempt was
+used. retry_after says when a probe may go through.
+"""
 Global___Outcome: _TypeAlias = Outcome  # noqa: Y015
+
+class _CircuitState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CircuitStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CircuitState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CIRCUIT_STATE_UNSPECIFIED: _CircuitState.ValueType  # 0
+    CIRCUIT_STATE_CLOSED: _CircuitState.ValueType  # 1
+    """Attempts go through."""
+    CIRCUIT_STATE_OPEN: _CircuitState.ValueType  # 2
+    """Repeated retryable failures: no attempt starts until the open period ends."""
+    CIRCUIT_STATE_HALF_OPEN: _CircuitState.ValueType  # 3
+    """The open period ended: one probe attempt may go through; its result closes or reopens."""
+
+class CircuitState(_CircuitState, metaclass=_CircuitStateEnumTypeWrapper):
+    """State of a receiver's circuit breaker in the answering sidecar process."""
+
+CIRCUIT_STATE_UNSPECIFIED: CircuitState.ValueType  # 0
+CIRCUIT_STATE_CLOSED: CircuitState.ValueType  # 1
+"""Attempts go through."""
+CIRCUIT_STATE_OPEN: CircuitState.ValueType  # 2
+"""Repeated retryable failures: no attempt starts until the open period ends."""
+CIRCUIT_STATE_HALF_OPEN: CircuitState.ValueType  # 3
+"""The open period ended: one probe attempt may go through; its result closes or reopens."""
+Global___CircuitState: _TypeAlias = CircuitState  # noqa: Y015
 
 class _AttemptResult:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -463,6 +497,7 @@ class AttemptCountResponse(_message.Message):
     HISTORY_FIELD_NUMBER: _builtins.int
     FOUND_FIELD_NUMBER: _builtins.int
     CLEARED_FIELD_NUMBER: _builtins.int
+    CIRCUIT_FIELD_NUMBER: _builtins.int
     attempts_used: _builtins.int
     max_attempts: _builtins.int
     remaining: _builtins.int
@@ -474,6 +509,8 @@ class AttemptCountResponse(_message.Message):
     """False when the sidecar holds no record of the key (never seen, cleared, or expired)."""
     cleared: _builtins.bool
     """True when only a tombstone of a cleared key remains (its history is gone)."""
+    circuit: Global___CircuitState.ValueType
+    """The channel's circuit breaker in this sidecar process."""
     @_builtins.property
     def retry_after(self) -> _duration_pb2.Duration: ...
     @_builtins.property
@@ -492,10 +529,11 @@ class AttemptCountResponse(_message.Message):
         history: _abc.Iterable[Global___Attempt] | None = ...,
         found: _builtins.bool = ...,
         cleared: _builtins.bool = ...,
+        circuit: Global___CircuitState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["retry_after", b"retry_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts_used", b"attempts_used", "cleared", b"cleared", "final", b"final", "found", b"found", "history", b"history", "in_flight", b"in_flight", "last_error", b"last_error", "max_attempts", b"max_attempts", "remaining", b"remaining", "retry_after", b"retry_after", "succeeded", b"succeeded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts_used", b"attempts_used", "circuit", b"circuit", "cleared", b"cleared", "final", b"final", "found", b"found", "history", b"history", "in_flight", b"in_flight", "last_error", b"last_error", "max_attempts", b"max_attempts", "remaining", b"remaining", "retry_after", b"retry_after", "succeeded", b"succeeded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

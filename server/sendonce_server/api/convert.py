@@ -9,6 +9,7 @@ from sendonce.v1 import delivery_pb2 as pb
 
 from ..engine.model import (
     AttemptResult,
+    CircuitState,
     ClearResult,
     DeliveryResult,
     KeyState,
@@ -37,6 +38,12 @@ _OUTCOME = {
     Outcome.EXHAUSTED: pb.OUTCOME_EXHAUSTED,
     Outcome.RETRY_LATER: pb.OUTCOME_RETRY_LATER,
     Outcome.IN_PROGRESS: pb.OUTCOME_IN_PROGRESS,
+    Outcome.CIRCUIT_OPEN: pb.OUTCOME_CIRCUIT_OPEN,
+}
+_CIRCUIT = {
+    CircuitState.CLOSED: pb.CIRCUIT_STATE_CLOSED,
+    CircuitState.OPEN: pb.CIRCUIT_STATE_OPEN,
+    CircuitState.HALF_OPEN: pb.CIRCUIT_STATE_HALF_OPEN,
 }
 _ATTEMPT_RESULT = {
     AttemptResult.RUNNING: pb.ATTEMPT_RESULT_RUNNING,
@@ -160,6 +167,7 @@ def attempt_count_response(state: KeyState) -> pb.AttemptCountResponse:
         history=history,
         found=state.found,
         cleared=state.cleared,
+        circuit=_CIRCUIT[state.circuit],
     )
 
 

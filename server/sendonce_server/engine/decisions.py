@@ -33,6 +33,8 @@ class ReserveRequest:
     max_attempts: int
     persisted_attempts: int
     lease_seconds: float
+    # The receiver's circuit breaker refuses a new attempt now (nothing else is affected).
+    blocked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +144,8 @@ def decide(
 
     if now < record.next_attempt_at:
         return Verdict(Outcome.RETRY_LATER, record), changed
+    if request.blocked:
+        return Verdict(Outcome.CIRCUIT_OPEN, record), changed
 
     record.attempts += 1
     record.fence += 1

@@ -19,7 +19,16 @@ from typing import Protocol
 from ..channels.base import Channel, Delivery, SendResult, SendStatus
 from ..store.base import Store
 from . import decisions
-from .decisions import Completion, Mismatch, Reserved, ReserveRequest, Running, Verdict
+from .breaker import BreakerSettings, CircuitBreaker
+from .decisions import (
+    Completion,
+    Decision,
+    Mismatch,
+    Reserved,
+    ReserveRequest,
+    Running,
+    Verdict,
+)
 from .errors import PayloadMismatch, UnknownChannel
 from .model import (
     AttemptResult,
@@ -57,11 +66,12 @@ class SystemClock:
 
 @dataclass(frozen=True, slots=True)
 class Receiver:
-    """A configured channel with its retry policy."""
+    """A configured channel with its retry policy and circuit breaker settings."""
 
     name: str
     channel: Channel
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +110,9 @@ class Engine:
         self.settings = settings if settings is not None else EngineSettings()
         self._rng = rng or random.Random()
         self._flights: dict[Key, _Flight] = {}
+        self.breakers = {
+            r.name: CircuitBreaker(r.breaker, self.clock.now) for r in self.receivers.values()
+        }
         self._waiting = 0
 
     def receiver(self, name: str) -> Receiver:
@@ -164,9 +177,10 @@ class Engine:
     async def attempt_count(self, key: Key, persisted_attempts: int = 0) -> KeyState:
         receiver = self.receiver(key.channel)
         record = await self.store.read(key, self.clock.now())
-        return decisions.state_of(
+        state = decisions.state_of(
             record, persisted_attempts, receiver.policy.max_attempts, self.clock.now()
         )
+        return replace(state, circuit=self.breakers[receiver.name].state)
 
     async def clear(
         self, uid: str, channels: Sequence[str] = (), force: bool = False
@@ -225,20 +239,32 @@ class Engine:
         persisted_attempts: int,
         receiver: Receiver,
     ) -> DeliveryResult | Running:
+        breaker = self.breakers[receiver.name]
+        permitted = breaker.acquire()
         request = ReserveRequest(
             fingerprint=flight.fingerprint,
             max_attempts=policy.max_attempts,
             persisted_attempts=persisted_attempts,
             lease_seconds=receiver.channel.timeout + self.settings.lease_margin,
+            blocked=not permitted,
         )
         now = self.clock.now()
-        decision = await self.store.reserve(key, request, now)
+        decision: Decision | None = None
+        try:
+            decision = await self.store.reserve(key, request, now)
+        finally:
+            # A permission only an attempt may use: give it back when none was reserved.
+            if permitted and not isinstance(decision, Reserved):
+                breaker.release()
         if isinstance(decision, Mismatch):
             raise PayloadMismatch(key)
         flight.attempts_used = decision.record.attempts
         flight.max_attempts = decision.record.max_attempts
         if isinstance(decision, Verdict):
-            return _result(decision.outcome, decision.record, now)
+            result = _result(decision.outcome, decision.record, now)
+            if decision.outcome is Outcome.CIRCUIT_OPEN:
+                result = replace(result, retry_after=breaker.retry_after() or 0.0)
+            return result
         if isinstance(decision, Running):
             flight.lease = decision.lease
             return decision
@@ -257,6 +283,7 @@ class Engine:
         lease = reserved.lease
         started = time.monotonic()
         sent = await self._send(receiver, Delivery(key, notification, lease.attempt))
+        self.breakers[receiver.name].record(sent.status)
         self._after_send(key, lease)
         now = self.clock.now()
         backoff = policy.backoff(lease.attempt, self._rng)

@@ -69,6 +69,7 @@ class Outcome(enum.Enum):
     EXHAUSTED = "exhausted"
     RETRY_LATER = "retry_later"
     IN_PROGRESS = "in_progress"
+    CIRCUIT_OPEN = "circuit_open"
 
 
 class Status(enum.Enum):
@@ -78,6 +79,12 @@ class Status(enum.Enum):
     DELIVERED = "delivered"
     FAILED_PERMANENT = "failed_permanent"
     EXHAUSTED = "exhausted"
+
+
+class CircuitState(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
 
 
 class AttemptResult(enum.Enum):
@@ -175,6 +182,7 @@ class KeyState:
     last_error: str = ""
     history: tuple[AttemptEntry, ...] = ()
     cleared: bool = False
+    circuit: CircuitState = CircuitState.CLOSED
 
     @property
     def remaining(self) -> int:

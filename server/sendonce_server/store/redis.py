@@ -47,6 +47,7 @@ _VERDICTS = {
     "failed_permanent": Outcome.FAILED_PERMANENT,
     "exhausted": Outcome.EXHAUSTED,
     "retry_later": Outcome.RETRY_LATER,
+    "circuit_open": Outcome.CIRCUIT_OPEN,
 }
 
 
@@ -98,6 +99,7 @@ class RedisStore:
                 request.persisted_attempts,
                 request.lease_seconds,
                 self.retention,
+                "1" if request.blocked else "0",
             ],
         )
         if kind == "mismatch":

@@ -57,7 +57,7 @@ local function reap_expired_lease(record, now)
 end
 
 -- KEYS: record, fence, index. ARGV: now, channel, fingerprint, max_attempts, persisted,
--- lease_seconds, retention.
+-- lease_seconds, retention, blocked ('1' when the circuit breaker refuses a new attempt).
 local function reserve()
   local now = clock(ARGV[1])
   local channel, fingerprint = ARGV[2], ARGV[3]
@@ -113,6 +113,9 @@ local function reserve()
   end
   if now < record.next then
     return verdict('retry_later')
+  end
+  if ARGV[8] == '1' then
+    return verdict('circuit_open')
   end
 
   record.n = record.n + 1
