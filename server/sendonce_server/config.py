@@ -86,11 +86,9 @@ class ServerSettings(BaseSettings):
         )
 
     @property
-    def sqlite_path(self) -> Path | None:
-        """The SQLite file of a sqlite:// store (sqlite:///abs.db is /abs.db)."""
-        if not self.store.startswith(SQLITE_PREFIX):
-            return None
-        return Path(self.store.removeprefix(SQLITE_PREFIX))
+    def store_is_remote(self) -> bool:
+        """A shared store (Redis) may be down for a while; a local one must open at start."""
+        return self.store.startswith(REDIS_SCHEMES)
 
 
 class RetryConfig(BaseModel):

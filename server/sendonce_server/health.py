@@ -15,10 +15,13 @@ log = logging.getLogger("sendonce.health")
 
 
 async def follow_store(
-    store: Store, health: HealthServicer, services: Sequence[str], interval: float
+    store: Store,
+    health: HealthServicer,
+    services: Sequence[str],
+    interval: float,
+    serving: bool = True,
 ) -> None:
     """Runs until cancelled; logs each change so an operator sees outages begin and end."""
-    serving = True
     while True:
         await asyncio.sleep(interval)
         reachable = await store.ping()

@@ -24,9 +24,8 @@ from .api.validation import Limits
 from .channels.registry import ChannelConfigError, build_channel
 from .config import ConfigError, ReceiversFile, ServerSettings, load_receivers
 from .engine.engine import Engine, EngineSettings, Receiver
-from .store.base import Store
-from .store.memory import MemoryStore
-from .store.sqlite import SqliteStore
+from .health import follow_store
+from .store.factory import build_store, display_url
 
 log = logging.getLogger("sendonce.server")
 
@@ -76,6 +75,7 @@ class Sidecar:
     addresses: Sequence[str]
     settings: ServerSettings
     gate: CallGate
+    store_follower: asyncio.Task[None] | None = None
 
     async def stop(self) -> None:
         """Health goes NOT_SERVING, new calls are refused, running attempts get the grace."""
@@ -87,6 +87,8 @@ class Sidecar:
             return max(0.0, deadline - loop.time())
 
         self.gate.closed = True
+        if self.store_follower is not None:
+            self.store_follower.cancel()
         await self.health.enter_graceful_shutdown()
         running = self.engine.running
         if running:
@@ -119,22 +121,17 @@ def build_receivers(config: ReceiversFile) -> list[Receiver]:
     return receivers
 
 
-def build_store(settings: ServerSettings) -> Store:
-    if settings.sqlite_path is not None:
-        return SqliteStore(
-            settings.sqlite_path, retention=settings.retention, clear_grace=settings.clear_grace
-        )
-    return MemoryStore(retention=settings.retention, clear_grace=settings.clear_grace)
-
-
 async def start(settings: ServerSettings, receivers: Sequence[Receiver] | None = None) -> Sidecar:
     """Build and start the sidecar; receivers default to those of the settings' config file."""
     if receivers is None:
         receivers = build_receivers(load_receivers(settings.config))
-    store = build_store(settings)
-    if not await store.ping():
+    store = build_store(
+        settings.store, retention=settings.retention, clear_grace=settings.clear_grace
+    )
+    reachable = await store.ping()
+    if not reachable and not settings.store_is_remote:
         await store.close()
-        raise ConfigError(f"cannot open the store {settings.store}")
+        raise ConfigError(f"cannot open the store {display_url(settings.store)}")
     engine = Engine(
         store,
         receivers,
@@ -158,11 +155,30 @@ async def start(settings: ServerSettings, receivers: Sequence[Receiver] | None =
     )
     addresses = _listen(server, settings)
     await server.start()
-    for service in ("", SERVICE_NAME):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    services = ("", SERVICE_NAME)
+    status = health_pb2.HealthCheckResponse.SERVING
+    if not reachable:
+        # A shared store may come up after the sidecar: wait for it NOT_SERVING, not exit.
+        status = health_pb2.HealthCheckResponse.NOT_SERVING
+        log.warning("store %s unreachable: not serving until it is", display_url(settings.store))
+    for service in services:
+        await health_servicer.set(service, status)
+    follower = None
+    if settings.store != "memory":
+        follower = asyncio.create_task(
+            follow_store(
+                store, health_servicer, services, settings.store_check_interval, reachable
+            ),
+            name="sendonce-store-health",
+        )
     names = ", ".join(f"{r.name}" for r in receivers)
-    log.info("serving on %s; receivers: %s", " and ".join(addresses), names)
-    return Sidecar(server, engine, health_servicer, addresses, settings, gate)
+    log.info(
+        "serving on %s; store: %s; receivers: %s",
+        " and ".join(addresses),
+        display_url(settings.store),
+        names,
+    )
+    return Sidecar(server, engine, health_servicer, addresses, settings, gate, follower)
 
 
 def _listen(server: grpc.aio.Server, settings: ServerSettings) -> list[str]:

@@ -1,14 +1,16 @@
-"""How every HTTP channel turns a response or a transport error into a SendResult.
+"""How every HTTP channel posts a request and turns the answer into a SendResult.
 
 One shared rule, like Alertmanager's `notify/util.go` Retrier.Check: 2xx succeeds; 408, 429 and
 5xx are worth a retry; any other status is permanent. Transport errors are retryable, except a URL
 that can never work. Error texts are built here from safe parts only (status code, the standard
 reason phrase, a redacted body excerpt, an errno): never from `str(exc)`, which for httpx usually
-contains the URL, and a webhook URL is often a credential.
+contains the URL, and a webhook URL is often a credential. `HttpEndpoint` is the one way the HTTP
+channels (webhook, slack, teams, pagerduty) talk to their receiver, so they all obey these rules.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -18,6 +20,7 @@ import ssl
 import time
 import weakref
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
@@ -25,6 +28,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import httpx
 
+from .. import __version__
 from ..engine.model import Receipt
 from .base import SendResult
 
@@ -184,15 +188,15 @@ def classify_error(exc: BaseException, *, timeout: float) -> SendResult:
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
         return SendResult.permanent("invalid URL: the scheme must be http or https")
     if isinstance(exc, httpx.ProxyError):
-        return SendResult.retryable(f"proxy error: {_root_cause(exc)}")
+        return SendResult.retryable(f"proxy error: {root_cause(exc)}")
     if isinstance(exc, httpx.ConnectError):
-        return SendResult.retryable(f"connection failed: {_root_cause(exc)}")
+        return SendResult.retryable(f"connection failed: {root_cause(exc)}")
     if isinstance(exc, httpx.RemoteProtocolError):
         return SendResult.retryable("the receiver closed the connection or broke the protocol")
     if isinstance(exc, httpx.ReadError):
-        return SendResult.retryable(f"network error reading the response: {_root_cause(exc)}")
+        return SendResult.retryable(f"network error reading the response: {root_cause(exc)}")
     if isinstance(exc, httpx.WriteError):
-        return SendResult.retryable(f"network error sending the request: {_root_cause(exc)}")
+        return SendResult.retryable(f"network error sending the request: {root_cause(exc)}")
     return SendResult.retryable(f"transport error ({type(exc).__name__})")
 
 
@@ -204,7 +208,7 @@ def _status_text(status_code: int) -> str:
         return f"HTTP {status_code}"
 
 
-def _root_cause(exc: BaseException) -> str:
+def root_cause(exc: BaseException) -> str:
     """A safe description of the deepest cause: from its errno or type, never its message."""
     seen: set[int] = set()
     cause: BaseException | None = exc
@@ -221,3 +225,87 @@ def _root_cause(exc: BaseException) -> str:
             return os.strerror(cause.errno).lower()
         cause = cause.__cause__ or cause.__context__
     return description
+
+
+def url_problem(url: str) -> str | None:
+    """Why `url` cannot be an HTTP target, in words that do not repeat it; None if it can."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return "is not a valid URL"
+    if parsed.scheme not in ("http", "https"):
+        return "must start with http:// or https://"
+    if not parsed.host:
+        return "must name a host"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpReply:
+    """What came back: status, headers, and the start of the body (at most BODY_READ_LIMIT)."""
+
+    status_code: int
+    headers: httpx.Headers
+    body: bytes
+
+
+class HttpEndpoint:
+    """One receiver URL behind one pooled httpx client: posts, bounds the attempt, classifies.
+
+    `secrets` are the strings to keep out of errors and of httpx's logs (see `url_secrets`).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float,
+        secrets: Iterable[str] = (),
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self._url = url
+        self._timeout = timeout
+        secrets = tuple(secrets)
+        self.redactor = Redactor(secrets)
+        self._scrubbing = any(secrets)
+        if self._scrubbing:
+            redact_http_logs(self.redactor)
+        self._client = httpx.AsyncClient(
+            timeout=timeout,
+            follow_redirects=False,
+            headers={**(headers or {}), "User-Agent": f"sendonce/{__version__}"},
+        )
+
+    async def post(
+        self, content: bytes, headers: Mapping[str, str]
+    ) -> tuple[SendResult, HttpReply | None]:
+        """The classified result, and the reply when one came back (None on a transport error)."""
+        try:
+            # httpx bounds each phase; this bounds the whole attempt, slow trickles included.
+            async with asyncio.timeout(self._timeout):
+                reply = await self._exchange(content, headers)
+        except (TimeoutError, httpx.HTTPError, httpx.InvalidURL) as exc:
+            return classify_error(exc, timeout=self._timeout), None
+        result = classify_status(
+            reply.status_code, reply.headers, reply.body, redactor=self.redactor
+        )
+        return result, reply
+
+    async def _exchange(self, content: bytes, headers: Mapping[str, str]) -> HttpReply:
+        request = self._client.build_request("POST", self._url, content=content, headers=headers)
+        response = await self._client.send(request, stream=True)
+        try:
+            # A short body read to its end leaves the connection reusable; a long one is cut.
+            start = b""
+            async for chunk in response.aiter_bytes():
+                start += chunk
+                if len(start) >= BODY_READ_LIMIT:
+                    break
+            return HttpReply(response.status_code, response.headers, start[:BODY_READ_LIMIT])
+        finally:
+            await response.aclose()
+
+    async def close(self) -> None:
+        await self._client.aclose()
+        if self._scrubbing:
+            forget_http_logs(self.redactor)

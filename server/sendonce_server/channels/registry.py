@@ -10,15 +10,23 @@ from pydantic_core import ErrorDetails
 
 from .base import Channel
 from .console import ConsoleChannel, ConsoleSettings
+from .email import EmailChannel, EmailSettings
 from .file import FileChannel, FileSettings
 from .noop import NoopChannel, NoopSettings
+from .pagerduty import PagerDutyChannel, PagerDutySettings
 from .secrets import SecretError
+from .slack import SlackChannel, SlackSettings
+from .teams import TeamsChannel, TeamsSettings
 from .webhook import WebhookChannel, WebhookSettings
 
 _KINDS: Final[Mapping[str, tuple[type[BaseModel], Callable[[Any], Channel]]]] = {
     "console": (ConsoleSettings, ConsoleChannel),
+    "email": (EmailSettings, EmailChannel),
     "file": (FileSettings, FileChannel),
     "noop": (NoopSettings, NoopChannel),
+    "pagerduty": (PagerDutySettings, PagerDutyChannel),
+    "slack": (SlackSettings, SlackChannel),
+    "teams": (TeamsSettings, TeamsChannel),
     "webhook": (WebhookSettings, WebhookChannel),
 }
 CHANNEL_TYPES: Final[tuple[str, ...]] = tuple(sorted(_KINDS))
@@ -68,7 +76,8 @@ def _describe(model: type[BaseModel], error: ErrorDetails) -> tuple[str, str]:
     if kind == "extra_forbidden":
         reason = "unknown setting"
         if len(loc) == 1:
-            reason += f" (known: {', '.join(model.model_fields)})"
+            known = (field.alias or name for name, field in model.model_fields.items())
+            reason += f" (known: {', '.join(known)})"
         return field, reason
     if kind == "missing":
         return field, "required setting is missing"

@@ -2,34 +2,28 @@
 
 `webhook-id` and `Idempotency-Key` carry the delivery's idempotency key, which is the same for
 every attempt of a (uid, channel) key, so a receiver can drop the duplicates a timeout may cause.
+An HTTP 410 Gone means the receiver asks never to be called again: the channel object stops
+sending until the configuration is reloaded (which builds a new channel object).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
 import re
 import time
 from datetime import UTC, datetime
+from http import HTTPStatus
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 from standardwebhooks.webhooks import Webhook
 
-from .. import __version__
 from .base import Delivery, SendResult
-from .http import (
-    BODY_READ_LIMIT,
-    Redactor,
-    classify_error,
-    classify_status,
-    forget_http_logs,
-    redact_http_logs,
-    url_secrets,
-)
+from .http import HttpEndpoint, url_problem, url_secrets
 from .secrets import SecretError, SecretRef
+
+__all__ = ["WebhookChannel", "WebhookSettings", "signing_key", "url_problem"]
 
 # Set by the channel on every request; a static header must not silently replace them.
 RESERVED_HEADERS = frozenset(
@@ -47,6 +41,7 @@ RESERVED_HEADERS = frozenset(
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # The Standard Webhooks spec asks for 24 to 64 random bytes.
 _SIGNING_KEY_BYTES = range(24, 65)
+GONE_ERROR = "receiver disabled after HTTP 410 Gone; reload the configuration to enable it"
 
 
 class WebhookSettings(BaseModel):
@@ -89,19 +84,6 @@ class WebhookSettings(BaseModel):
         return headers
 
 
-def url_problem(url: str) -> str | None:
-    """Why `url` cannot be a webhook target, in words that do not repeat it; None if it can."""
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:
-        return "is not a valid URL"
-    if parsed.scheme not in ("http", "https"):
-        return "must start with http:// or https://"
-    if not parsed.host:
-        return "must name a host"
-    return None
-
-
 def signing_key(secret: SecretStr) -> bytes:
     """The HMAC key of a `whsec_` secret; raises ValueError without quoting the secret."""
     value = secret.get_secret_value()
@@ -139,48 +121,27 @@ class WebhookChannel:
                 raise SecretError("signing_secret", str(exc)) from None
             self._signer = Webhook(key)
             secrets += [secret.get_secret_value(), secret.get_secret_value().removeprefix("whsec_")]
-        self._url = url
         self._timeout = settings.timeout
-        self._redactor = Redactor(secrets)
-        if secrets:
-            redact_http_logs(self._redactor)
-        self._client = httpx.AsyncClient(
-            timeout=settings.timeout,
-            follow_redirects=False,
-            headers={**settings.headers, "User-Agent": f"sendonce/{__version__}"},
+        self._endpoint = HttpEndpoint(
+            url, timeout=settings.timeout, secrets=secrets, headers=settings.headers
         )
+        self._gone = False
 
     @property
     def timeout(self) -> float:
         return self._timeout
 
     async def send(self, delivery: Delivery) -> SendResult:
+        if self._gone:
+            return SendResult.permanent(GONE_ERROR)
         body = _payload(delivery)
-        headers = self._headers(delivery, body)
-        try:
-            # httpx bounds each phase; this bounds the whole attempt, slow trickles included.
-            async with asyncio.timeout(self._timeout):
-                status_code, response_headers, excerpt = await self._post(body.encode(), headers)
-        except (TimeoutError, httpx.HTTPError, httpx.InvalidURL) as exc:
-            return classify_error(exc, timeout=self._timeout)
-        return classify_status(status_code, response_headers, excerpt, redactor=self._redactor)
-
-    async def _post(
-        self, content: bytes, headers: dict[str, str]
-    ) -> tuple[int, httpx.Headers, bytes]:
-        """Status, headers and the start of the body (enough to explain a failure)."""
-        async with self._client.stream("POST", self._url, content=content, headers=headers) as r:
-            # A short body read to its end leaves the connection reusable; a long one is cut.
-            start = b""
-            async for chunk in r.aiter_bytes():
-                start += chunk
-                if len(start) >= BODY_READ_LIMIT:
-                    break
-            return r.status_code, r.headers, start
+        result, reply = await self._endpoint.post(body.encode(), self._headers(delivery, body))
+        if reply is not None and reply.status_code == HTTPStatus.GONE:
+            self._gone = True
+        return result
 
     async def close(self) -> None:
-        await self._client.aclose()
-        forget_http_logs(self._redactor)
+        await self._endpoint.close()
 
     def _headers(self, delivery: Delivery, body: str) -> dict[str, str]:
         message_id = delivery.idempotency_key

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from ..config import SQLITE_PREFIX
 from .base import Store
 from .memory import MemoryStore
 from .redis import RedisStore
 from .sqlite import SqliteStore
-
-SQLITE_PREFIX = "sqlite://"
 
 
 def build_store(url: str, *, retention: float, clear_grace: float) -> Store:
