@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .api.validation import CHANNEL_PATTERN
 from .engine.breaker import BreakerSettings
 from .engine.policy import MAX_ATTEMPTS, MIN_ATTEMPTS, PolicyError, RetryPolicy
+from .redaction import RedactionConfig
 
 DAY = 86_400.0
 SQLITE_PREFIX = "sqlite://"
@@ -66,6 +67,35 @@ class ServerSettings(BaseSettings):
         5.0, gt=0, description="Seconds a lease outlives its channel's timeout"
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines for a terminal (text) or a log pipeline (json)"
+    )
+    metrics_listen: str | None = Field(
+        None, description="Serve Prometheus metrics on host:port at /metrics (off by default)"
+    )
+    trace_sample_ratio: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Share of new traces sampled (a caller's sampled trace is always continued); "
+        "spans are exported by the standard OTEL_* variables (OTLP), none by default",
+    )
+    tls_cert_file: Path | None = Field(None, description="Serve TLS on the TCP address: cert")
+    tls_key_file: Path | None = Field(None, description="Serve TLS on the TCP address: key")
+    tls_client_ca_file: Path | None = Field(
+        None, description="Require client certificates signed by this CA (mutual TLS)"
+    )
+    auth_token_file: Path | None = Field(
+        None,
+        description="Require 'authorization: Bearer <token>' with the token in this file "
+        "(health stays open for probes)",
+    )
+    max_message_bytes: int = Field(
+        4 * 1024 * 1024, gt=0, le=64 * 1024 * 1024, description="Largest gRPC message accepted"
+    )
+    max_concurrent_rpcs: int | None = Field(
+        1024, gt=0, description="Calls served at once; more get RESOURCE_EXHAUSTED"
+    )
 
     store_check_interval: float = Field(
         2.0, gt=0, description="Seconds between store health checks (health NOT_SERVING when down)"
@@ -145,6 +175,8 @@ class ReceiversFile(BaseModel):
 
     # Defaults for every receiver of the file, overridden by each receiver's own `retry`.
     retry: RetryConfig = RetryConfig()
+    # Secrets replaced in every notification before any channel sees it.
+    redaction: RedactionConfig = RedactionConfig()
     receivers: list[ReceiverConfig] = Field(min_length=1)
 
     @field_validator("receivers")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,7 +26,10 @@ from .channels.registry import ChannelConfigError, build_channel
 from .config import ConfigError, ReceiversFile, ServerSettings, load_receivers
 from .engine.engine import Engine, EngineSettings, Receiver
 from .health import follow_store
+from .security import TokenAuth, read_secret, server_credentials
 from .store.factory import build_store, display_url
+from .telemetry import Telemetry, TelemetryInterceptor, TelemetrySettings, tracing_configured
+from .telemetry import setup as setup_telemetry
 
 log = logging.getLogger("sendonce.server")
 
@@ -76,6 +80,7 @@ class Sidecar:
     settings: ServerSettings
     gate: CallGate
     store_follower: asyncio.Task[None] | None = None
+    telemetry: Telemetry | None = None
 
     async def stop(self) -> None:
         """Health goes NOT_SERVING, new calls are refused, running attempts get the grace."""
@@ -103,6 +108,8 @@ class Sidecar:
         if left:
             log.warning("%d attempts still running at exit; their leases will expire", left)
         await self.engine.close()
+        if self.telemetry is not None:
+            self.telemetry.shutdown()
         log.info("stopped")
 
 
@@ -121,10 +128,15 @@ def build_receivers(config: ReceiversFile) -> list[Receiver]:
     return receivers
 
 
-async def start(settings: ServerSettings, receivers: Sequence[Receiver] | None = None) -> Sidecar:
-    """Build and start the sidecar; receivers default to those of the settings' config file."""
-    if receivers is None:
-        receivers = build_receivers(load_receivers(settings.config))
+async def start(settings: ServerSettings, config: ReceiversFile | None = None) -> Sidecar:
+    """Build and start the sidecar; the receivers default to the settings' config file."""
+    if config is None:
+        config = load_receivers(settings.config)
+    receivers = build_receivers(config)
+    credentials = server_credentials(settings)
+    token = (
+        read_secret(settings.auth_token_file, "auth token") if settings.auth_token_file else None
+    )
     store = build_store(
         settings.store, retention=settings.retention, clear_grace=settings.clear_grace
     )
@@ -132,14 +144,35 @@ async def start(settings: ServerSettings, receivers: Sequence[Receiver] | None =
     if not reachable and not settings.store_is_remote:
         await store.close()
         raise ConfigError(f"cannot open the store {display_url(settings.store)}")
+    redactor = config.redaction.redactor()
     engine = Engine(
         store,
         receivers,
         settings=EngineSettings(lease_margin=settings.lease_margin),
+        redact=redactor.redact if redactor.rules else None,
     )
-    # Two sidecars must never silently share a port.
     gate = CallGate()
-    server = grpc.aio.server(interceptors=[gate], options=[("grpc.so_reuseport", 0)])
+    # Outermost first: telemetry sees every call, refused ones included.
+    interceptors: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]
+    telemetry = None
+    if settings.metrics_listen or tracing_configured():
+        telemetry = setup_telemetry(
+            TelemetrySettings(settings.metrics_listen, settings.trace_sample_ratio), engine
+        )
+        interceptors.append(TelemetryInterceptor(telemetry))
+    interceptors.append(gate)
+    if token is not None:
+        interceptors.append(TokenAuth(token))
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            # Two sidecars must never silently share a port.
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+        ],
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
     delivery_pb2_grpc.add_DeliveryServiceServicer_to_server(
         DeliveryServicer(engine, Limits(max_body_bytes=settings.max_body_bytes)), server
     )
@@ -153,8 +186,13 @@ async def start(settings: ServerSettings, receivers: Sequence[Receiver] | None =
         ],
         server,
     )
-    addresses = _listen(server, settings)
-    await server.start()
+    addresses = _listen(server, settings, credentials)
+    # The unix socket is created by start(): only this user may connect to it.
+    old_umask = os.umask(0o177)
+    try:
+        await server.start()
+    finally:
+        os.umask(old_umask)
     services = ("", SERVICE_NAME)
     status = health_pb2.HealthCheckResponse.SERVING
     if not reachable:
@@ -178,10 +216,12 @@ async def start(settings: ServerSettings, receivers: Sequence[Receiver] | None =
         display_url(settings.store),
         names,
     )
-    return Sidecar(server, engine, health_servicer, addresses, settings, gate, follower)
+    return Sidecar(server, engine, health_servicer, addresses, settings, gate, follower, telemetry)
 
 
-def _listen(server: grpc.aio.Server, settings: ServerSettings) -> list[str]:
+def _listen(
+    server: grpc.aio.Server, settings: ServerSettings, credentials: grpc.ServerCredentials | None
+) -> list[str]:
     addresses = []
     if settings.listen:
         requested = settings.listen.rpartition(":")[2]
@@ -189,7 +229,10 @@ def _listen(server: grpc.aio.Server, settings: ServerSettings) -> list[str]:
         if requested.isdigit() and int(requested) > 65535:
             raise ConfigError(f"cannot listen on {settings.listen}: the port must be 0 to 65535")
         try:
-            port = server.add_insecure_port(settings.listen)
+            if credentials is None:
+                port = server.add_insecure_port(settings.listen)
+            else:
+                port = server.add_secure_port(settings.listen, credentials)
         except RuntimeError:
             port = 0
         if not port:

@@ -42,7 +42,16 @@ def _config_error(kind: str, settings: Mapping[str, Any]) -> ChannelConfigError:
 
 
 def test_known_types() -> None:
-    assert CHANNEL_TYPES == ("console", "file", "noop", "webhook")
+    assert CHANNEL_TYPES == (
+        "console",
+        "email",
+        "file",
+        "noop",
+        "pagerduty",
+        "slack",
+        "teams",
+        "webhook",
+    )
 
 
 async def test_builds_each_type_with_its_default_timeout(
@@ -79,10 +88,13 @@ async def test_noop_succeeds_without_doing_anything(
 
 
 def test_unknown_type_lists_the_known_ones() -> None:
-    error = _config_error("slack", {})
+    error = _config_error("sms", {})
 
     assert error.field == "type"
-    assert str(error) == "type: unknown channel type 'slack' (known: console, file, noop, webhook)"
+    assert str(error) == (
+        "type: unknown channel type 'sms' "
+        "(known: console, email, file, noop, pagerduty, slack, teams, webhook)"
+    )
 
 
 def test_a_typo_in_a_setting_names_it_and_the_known_settings() -> None:

@@ -250,6 +250,62 @@ async def test_retry_after_http_date_is_honoured(
     assert 110 <= result.retry_after <= 120
 
 
+async def test_410_gone_disables_the_receiver_until_a_reload(
+    receiver: HttpReceiver, make_channel: Callable[..., WebhookChannel]
+) -> None:
+    receiver.respond(Reply(410, body="this hook was deleted"))
+    channel = make_channel(url=receiver.url)
+
+    first = await channel.send(_delivery(uid="a"))
+    receiver.respond(200)
+    second = await channel.send(_delivery(uid="b"))
+
+    assert first == SendResult.permanent("HTTP 410 Gone: this hook was deleted")
+    assert second == SendResult.permanent(
+        "receiver disabled after HTTP 410 Gone; reload the configuration to enable it"
+    )
+    assert receiver.hits == 1  # the second send never called the receiver
+    # A reload builds a new channel object, which calls the receiver again.
+    reloaded = make_channel(url=receiver.url)
+    assert (await reloaded.send(_delivery(uid="b"))).status is SendStatus.SUCCESS
+    assert receiver.hits == 2
+
+
+@pytest.mark.parametrize("status", [400, 404, 429, 500])
+async def test_other_failures_do_not_disable_the_receiver(
+    receiver: HttpReceiver, make_channel: Callable[..., WebhookChannel], status: int
+) -> None:
+    receiver.respond(status, 200)
+    channel = make_channel(url=receiver.url)
+
+    await channel.send(_delivery(uid="a"))
+    result = await channel.send(_delivery(uid="b"))
+
+    assert result.status is SendStatus.SUCCESS
+    assert receiver.hits == 2
+
+
+async def test_retry_after_in_the_past_means_now(
+    receiver: HttpReceiver, make_channel: Callable[..., WebhookChannel]
+) -> None:
+    when = datetime.now(UTC) - timedelta(seconds=60)
+    receiver.respond(Reply(503, headers={"Retry-After": format_datetime(when, usegmt=True)}))
+
+    result = await make_channel(url=receiver.url).send(_delivery())
+
+    assert result == SendResult.retryable("HTTP 503 Service Unavailable", retry_after=0.0)
+
+
+async def test_an_unusable_retry_after_is_ignored(
+    receiver: HttpReceiver, make_channel: Callable[..., WebhookChannel]
+) -> None:
+    receiver.respond(Reply(429, headers={"Retry-After": "soon"}))
+
+    result = await make_channel(url=receiver.url).send(_delivery())
+
+    assert result == SendResult.retryable("HTTP 429 Too Many Requests", retry_after=None)
+
+
 async def test_a_receiver_slower_than_the_timeout_is_retryable(
     receiver: HttpReceiver, make_channel: Callable[..., WebhookChannel]
 ) -> None:

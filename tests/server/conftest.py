@@ -11,7 +11,7 @@ import pytest_asyncio
 
 from sendonce.v1 import delivery_pb2_grpc
 from sendonce_server.config import ReceiversFile, ServerSettings
-from sendonce_server.server import Sidecar, build_receivers, start
+from sendonce_server.server import Sidecar, start
 
 
 @dataclass
@@ -35,9 +35,7 @@ async def start_sidecar() -> AsyncIterator[StartSidecar]:
 
     async def _start(receivers: dict[str, Any], **settings: Any) -> Running:
         config = ReceiversFile.model_validate(receivers)
-        sidecar = await start(
-            ServerSettings(listen="127.0.0.1:0", **settings), build_receivers(config)
-        )
+        sidecar = await start(ServerSettings(listen="127.0.0.1:0", **settings), config)
         channel = grpc.aio.insecure_channel(sidecar.addresses[0])
         started = Running(sidecar, channel, delivery_pb2_grpc.DeliveryServiceStub(channel))
         running.append(started)

@@ -113,7 +113,7 @@ async def test_the_readme_run_command_serves_a_console_receiver_without_config(
         "Disk 91% full",
         1,
     )
-    assert f"serving on {address}; receivers: console" in sidecar.stderr.text
+    assert f"serving on {address}; store: memory; receivers: console" in sidecar.stderr.text
 
 
 def reflect(target: str) -> tuple[list[str], str, list[str]]:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -42,6 +42,7 @@ from .model import (
     Record,
     Status,
 )
+from .observer import NullObserver, Observer
 from .policy import RetryPolicy
 
 log = logging.getLogger("sendonce.engine")
@@ -103,12 +104,17 @@ class Engine:
         clock: Clock | None = None,
         settings: EngineSettings | None = None,
         rng: random.Random | None = None,
+        observer: Observer | None = None,
+        redact: Callable[[Notification], Notification] | None = None,
     ) -> None:
         self.store = store
         self.receivers: Mapping[str, Receiver] = {r.name: r for r in receivers}
         self.clock = clock if clock is not None else SystemClock()
         self.settings = settings if settings is not None else EngineSettings()
         self._rng = rng or random.Random()
+        self.observer: Observer = observer if observer is not None else NullObserver()
+        # Applied to what channels see; the fingerprint is always of the payload as given.
+        self._redact = redact
         self._flights: dict[Key, _Flight] = {}
         self.breakers = {
             r.name: CircuitBreaker(r.breaker, self.clock.now) for r in self.receivers.values()
@@ -145,6 +151,18 @@ class Engine:
         `timeout` bounds how long this caller waits for a running attempt; the attempt itself
         goes on and is recorded either way.
         """
+        result = await self._deliver(key, notification, policy, persisted_attempts, timeout)
+        self.observer.answered(key.channel, result)
+        return result
+
+    async def _deliver(
+        self,
+        key: Key,
+        notification: Notification,
+        policy: RetryPolicy | None,
+        persisted_attempts: int,
+        timeout: float | None,
+    ) -> DeliveryResult:
         receiver = self.receiver(key.channel)
         policy = policy or receiver.policy
         fingerprint = notification.fingerprint()
@@ -282,7 +300,11 @@ class Engine:
     ) -> DeliveryResult:
         lease = reserved.lease
         started = time.monotonic()
-        sent = await self._send(receiver, Delivery(key, notification, lease.attempt))
+        if self._redact is not None:
+            notification = self._redact(notification)
+        with self.observer.attempt(receiver.name, key, lease.attempt) as observation:
+            sent = await self._send(receiver, Delivery(key, notification, lease.attempt))
+            observation.finished(sent.status)
         self.breakers[receiver.name].record(sent.status)
         self._after_send(key, lease)
         now = self.clock.now()

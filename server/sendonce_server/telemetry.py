@@ -1,0 +1,307 @@
+"""Metrics (Prometheus, OpenTelemetry names), traces (W3C context from the caller) and log ids.
+
+Metric attributes come from closed sets only (receiver names, outcomes, results, states), never
+from uids, so the series count stays bounded by the configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sized
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import grpc
+from opentelemetry import propagate, trace
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import CallbackOptions, NoOpMeterProvider, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from prometheus_client import CollectorRegistry, start_http_server
+
+from . import __version__
+from .channels.base import SendStatus
+from .engine.engine import Engine
+from .engine.model import CircuitState, DeliveryResult, Key
+from .engine.observer import AttemptObservation
+
+log = logging.getLogger("sendonce.telemetry")
+
+# Seconds, from a 1 ms webhook on loopback to a 30 s receiver timeout.
+DURATION_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+)  # fmt: skip
+_CIRCUIT_LEVEL = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetrySettings:
+    # host:port for the Prometheus /metrics endpoint; None: no metrics.
+    metrics_listen: str | None = None
+    # Parent-based: a caller's sampled trace is always continued; new roots use this ratio.
+    trace_sample_ratio: float = 0.1
+
+
+class _Attempt:
+    __slots__ = ("_receiver", "_started", "_telemetry", "finished_status")
+
+    def __init__(self, telemetry: Telemetry, receiver: str) -> None:
+        self._telemetry = telemetry
+        self._receiver = receiver
+        self._started = time.perf_counter()
+        self.finished_status: SendStatus | None = None
+
+    def finished(self, status: SendStatus) -> None:
+        self.finished_status = status
+        self._telemetry.attempt_duration.record(
+            time.perf_counter() - self._started,
+            {"receiver": self._receiver, "result": status.value},
+        )
+
+
+class Telemetry:
+    """The engine's observer: turns its reports into metrics and spans."""
+
+    def __init__(
+        self, meters: MeterProvider | None, tracing: TracerProvider | None, engine: Engine | None
+    ) -> None:
+        self.meters = meters
+        self.tracing = tracing
+        self.tracer = (tracing or trace.NoOpTracerProvider()).get_tracer("sendonce", __version__)
+        meter = (meters or NoOpMeterProvider()).get_meter("sendonce", __version__)
+        self.deliveries = meter.create_counter(
+            "sendonce.deliveries", unit="{call}", description="Deliver answers by outcome"
+        )
+        self.shared = meter.create_counter(
+            "sendonce.deliveries.shared",
+            unit="{call}",
+            description="Deliver calls that shared a concurrent call's attempt",
+        )
+        self.attempts = meter.create_counter(
+            "sendonce.attempts", unit="{attempt}", description="Attempts started"
+        )
+        self.in_flight = meter.create_up_down_counter(
+            "sendonce.attempts.in_flight", unit="{attempt}", description="Attempts running"
+        )
+        self.attempt_duration = meter.create_histogram(
+            "sendonce.attempt.duration", unit="s", description="Duration of attempts"
+        )
+        self.rpc_duration = meter.create_histogram(
+            "rpc.server.call.duration", unit="s", description="Duration of gRPC calls"
+        )
+        self._engine = engine
+        meter.create_observable_gauge(
+            "sendonce.store.records",
+            callbacks=[self._records],
+            unit="{record}",
+            description="Records held by an in-process store",
+        )
+        meter.create_observable_gauge(
+            "sendonce.circuit.state",
+            callbacks=[self._circuits],
+            description="Circuit breaker per receiver: 0 closed, 1 half-open, 2 open",
+        )
+
+    def answered(self, receiver: str, result: DeliveryResult) -> None:
+        attributes = {"receiver": receiver, "outcome": result.outcome.value}
+        self.deliveries.add(1, attributes)
+        if result.shared:
+            self.shared.add(1, {"receiver": receiver})
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    "sendonce.receiver": receiver,
+                    "sendonce.outcome": result.outcome.value,
+                    "sendonce.attempt": result.attempt,
+                    "sendonce.shared": result.shared,
+                }
+            )
+
+    def attempt(
+        self, receiver: str, key: Key, number: int
+    ) -> AbstractContextManager[AttemptObservation]:
+        return self._attempt(receiver, number)
+
+    @contextmanager
+    def _attempt(self, receiver: str, number: int) -> Iterator[AttemptObservation]:
+        attributes = {"receiver": receiver}
+        self.attempts.add(1, attributes)
+        self.in_flight.add(1, attributes)
+        observation = _Attempt(self, receiver)
+        try:
+            with self.tracer.start_as_current_span(
+                "sendonce.attempt",
+                attributes={"sendonce.receiver": receiver, "sendonce.attempt": number},
+            ) as span:
+                yield observation
+                if observation.finished_status is not None:
+                    span.set_attribute("sendonce.result", observation.finished_status.value)
+                    if observation.finished_status is not SendStatus.SUCCESS:
+                        span.set_status(Status(StatusCode.ERROR))
+        finally:
+            self.in_flight.add(-1, attributes)
+
+    def _records(self, options: CallbackOptions) -> Iterable[Observation]:
+        store = self._engine.store if self._engine is not None else None
+        if isinstance(store, Sized):
+            yield Observation(len(store))
+
+    def _circuits(self, options: CallbackOptions) -> Iterable[Observation]:
+        if self._engine is None:
+            return
+        for name, breaker in self._engine.breakers.items():
+            yield Observation(_CIRCUIT_LEVEL[breaker.state], {"receiver": name})
+
+    def shutdown(self) -> None:
+        if self.tracing is not None:
+            self.tracing.shutdown()
+        if self.meters is not None:
+            self.meters.shutdown()
+
+
+def _trace_exporter() -> Any | None:
+    """OTLP when the standard OTEL_* variables ask for it; none by default."""
+    if not tracing_configured():
+        return None
+    chosen = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if chosen == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter()
+    if chosen not in ("", "otlp"):
+        log.warning("OTEL_TRACES_EXPORTER=%s is not supported; traces are not exported", chosen)
+        return None
+    protocol = os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    if protocol != "grpc":
+        log.warning("OTEL_EXPORTER_OTLP_PROTOCOL=%s: only grpc is supported", protocol)
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+        OTLPSpanExporter,
+    )
+
+    return OTLPSpanExporter()
+
+
+def tracing_configured() -> bool:
+    """Whether the OTEL_* variables ask for spans to be exported."""
+    chosen = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if chosen:
+        return chosen != "none"
+    return bool(
+        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+
+
+def setup(settings: TelemetrySettings, engine: Engine) -> Telemetry:
+    """Metrics and tracing as configured; each is off (and free) when not asked for."""
+    resource = Resource.create({"service.name": "sendonce", "service.version": __version__})
+    meters = None
+    if settings.metrics_listen:
+        registry = CollectorRegistry()
+        reader = PrometheusMetricReader(registry=registry)
+        meters = MeterProvider(
+            metric_readers=[reader],
+            resource=resource,
+            views=[
+                View(
+                    instrument_name="*duration",
+                    aggregation=ExplicitBucketHistogramAggregation(DURATION_BUCKETS),
+                )
+            ],
+        )
+        host, _, port = settings.metrics_listen.rpartition(":")
+        start_http_server(int(port), addr=host or "0.0.0.0", registry=registry)  # noqa: S104
+        log.info("metrics on http://%s/metrics", settings.metrics_listen)
+    tracing = None
+    exporter = _trace_exporter()
+    if exporter is not None:
+        tracing = TracerProvider(
+            resource=resource, sampler=ParentBased(TraceIdRatioBased(settings.trace_sample_ratio))
+        )
+        tracing.add_span_processor(BatchSpanProcessor(exporter))
+    telemetry = Telemetry(meters, tracing, engine)
+    engine.observer = telemetry
+    return telemetry
+
+
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+
+
+class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """A server span per call, continuing the caller's W3C trace, and the call's duration."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.telemetry = telemetry
+        self._wrapped: dict[str, Handler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            wrapped = self._wrapped[method] = self._wrap(method, handler)
+        return wrapped
+
+    def _wrap(self, method: str, handler: Handler) -> Handler:
+        inner: Any = handler.unary_unary
+        tracer = self.telemetry.tracer
+        duration = self.telemetry.rpc_duration
+        service, _, name = method.lstrip("/").partition("/")
+
+        async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            parent = propagate.extract(_metadata(context.invocation_metadata()))
+            code = "OK"
+            with tracer.start_as_current_span(
+                method.lstrip("/"),
+                context=parent,
+                kind=SpanKind.SERVER,
+                attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+            ) as span:
+                try:
+                    return await inner(request, context)
+                except BaseException:
+                    status = context.code()
+                    code = status.name if isinstance(status, grpc.StatusCode) else "UNKNOWN"
+                    span.set_attribute("rpc.grpc.status_code", code)
+                    raise
+                finally:
+                    duration.record(
+                        time.perf_counter() - started,
+                        {"rpc.method": name, "rpc.grpc.status_code": code},
+                    )
+
+        return grpc.unary_unary_rpc_method_handler(
+            observed,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _metadata(pairs: Iterable[tuple[str, str | bytes]] | None) -> Mapping[str, str]:
+    return {key: value for key, value in pairs or () if isinstance(value, str)}
+
+
+class TraceIdFilter(logging.Filter):
+    """Adds the current trace id to each log record, so logs and traces join up."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            record.trace_id = format(context.trace_id, "032x")
+        return True
