@@ -295,13 +295,3 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
 
 def _metadata(pairs: Iterable[tuple[str, str | bytes]] | None) -> Mapping[str, str]:
     return {key: value for key, value in pairs or () if isinstance(value, str)}
-
-
-class TraceIdFilter(logging.Filter):
-    """Adds the current trace id to each log record, so logs and traces join up."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        context = trace.get_current_span().get_span_context()
-        if context.is_valid:
-            record.trace_id = format(context.trace_id, "032x")
-        return True

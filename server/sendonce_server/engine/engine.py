@@ -325,6 +325,7 @@ class Engine:
                 "attempt": lease.attempt,
                 "outcome": sent.status.value,
                 "duration_ms": round((time.monotonic() - started) * 1000, 1),
+                "error": sent.error,
             },
         )
         record = await self._complete(key, completion, now)
