@@ -8,16 +8,11 @@ reference. Slack's 429 carries `Retry-After`, which the shared HTTP rules honour
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from ..engine.model import Notification, Priority
-from .base import Delivery, SendResult
-from .http import HttpEndpoint, url_problem, url_secrets
+from .chat_webhook import ChatWebhookChannel, ChatWebhookSettings
 from .markdown import escape_mrkdwn, to_mrkdwn
-from .secrets import SecretError, SecretRef
 
 # Slack's limits (https://api.slack.com/reference/block-kit/blocks).
 HEADER_CHARS = 150
@@ -30,36 +25,15 @@ FALLBACK_CHARS = 3000
 ELLIPSIS = "…"
 
 
-class SlackSettings(BaseModel):
+class SlackSettings(ChatWebhookSettings):
     """Settings of a `slack` receiver."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    webhook_url: SecretRef
-    timeout: float = Field(default=10.0, gt=0, le=300)
-
-
-class SlackChannel:
+class SlackChannel(ChatWebhookChannel):
     """Posts each delivery as a Block Kit message to one incoming webhook."""
 
     def __init__(self, settings: SlackSettings) -> None:
-        url = settings.webhook_url.resolve("webhook_url").get_secret_value()
-        if problem := url_problem(url):
-            raise SecretError("webhook_url", f"the URL it holds {problem}")
-        self._timeout = settings.timeout
-        self._endpoint = HttpEndpoint(url, timeout=settings.timeout, secrets=url_secrets(url))
-
-    @property
-    def timeout(self) -> float:
-        return self._timeout
-
-    async def send(self, delivery: Delivery) -> SendResult:
-        content = json.dumps(message(delivery.notification), ensure_ascii=False).encode()
-        result, _ = await self._endpoint.post(content, {"Content-Type": "application/json"})
-        return result
-
-    async def close(self) -> None:
-        await self._endpoint.close()
+        super().__init__(settings, message)
 
 
 def message(notification: Notification) -> dict[str, Any]:

@@ -9,15 +9,10 @@ links as `Action.OpenUrl` buttons. The webhook URL carries its signature, so it 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from ..engine.model import Notification, Priority
-from .base import Delivery, SendResult
-from .http import HttpEndpoint, url_problem, url_secrets
-from .secrets import SecretError, SecretRef
+from .chat_webhook import ChatWebhookChannel, ChatWebhookSettings
 
 CARD_CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"
 CARD_SCHEMA = "http://adaptivecards.io/schemas/adaptive-card.json"
@@ -25,36 +20,15 @@ CARD_VERSION = "1.4"
 _URGENT = frozenset({Priority.HIGH, Priority.CRITICAL})
 
 
-class TeamsSettings(BaseModel):
+class TeamsSettings(ChatWebhookSettings):
     """Settings of a `teams` receiver."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    webhook_url: SecretRef
-    timeout: float = Field(default=10.0, gt=0, le=300)
-
-
-class TeamsChannel:
+class TeamsChannel(ChatWebhookChannel):
     """Posts each delivery as an Adaptive Card to one Teams webhook."""
 
     def __init__(self, settings: TeamsSettings) -> None:
-        url = settings.webhook_url.resolve("webhook_url").get_secret_value()
-        if problem := url_problem(url):
-            raise SecretError("webhook_url", f"the URL it holds {problem}")
-        self._timeout = settings.timeout
-        self._endpoint = HttpEndpoint(url, timeout=settings.timeout, secrets=url_secrets(url))
-
-    @property
-    def timeout(self) -> float:
-        return self._timeout
-
-    async def send(self, delivery: Delivery) -> SendResult:
-        content = json.dumps(message(delivery.notification), ensure_ascii=False).encode()
-        result, _ = await self._endpoint.post(content, {"Content-Type": "application/json"})
-        return result
-
-    async def close(self) -> None:
-        await self._endpoint.close()
+        super().__init__(settings, message)
 
 
 def message(notification: Notification) -> dict[str, Any]:
