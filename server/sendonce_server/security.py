@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -39,11 +40,35 @@ def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | Non
         return None
     if cert is None or key is None:
         raise ConfigError("TLS needs both --tls-cert-file and --tls-key-file")
-    return grpc.ssl_server_credentials(
+    credentials = grpc.ssl_server_credentials(
         [(read_secret(key, "TLS key"), read_secret(cert, "TLS certificate"))],
         root_certificates=read_secret(client_ca, "client CA") if client_ca else None,
         require_client_auth=client_ca is not None,
     )
+    _check_pem(cert, key, client_ca)
+    return credentials
+
+
+def _check_pem(cert: Path, key: Path, client_ca: Path | None) -> None:
+    """gRPC reports unusable PEM only as a port it cannot listen on: say what is wrong instead."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=_no_password)
+    except ssl.SSLError:
+        raise ConfigError(
+            f"--tls-cert-file {cert} and --tls-key-file {key} are not a PEM certificate "
+            "and its unencrypted private key"
+        ) from None
+    if client_ca is not None:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=client_ca)
+        except ssl.SSLError:
+            raise ConfigError(
+                f"--tls-client-ca-file {client_ca} holds no PEM certificate"
+            ) from None
+
+
+def _no_password() -> bytes:
+    return b""  # an encrypted key fails instead of prompting on a terminal
 
 
 async def _unauthenticated(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:

@@ -132,18 +132,21 @@ async def start(settings: ServerSettings, config: ReceiversFile | None = None) -
     """Build and start the sidecar; the receivers default to the settings' config file."""
     if config is None:
         config = load_receivers(settings.config)
-    receivers = build_receivers(config)
     credentials = server_credentials(settings)
-    token = (
-        read_secret(settings.auth_token_file, "auth token") if settings.auth_token_file else None
-    )
+    token = None
+    if settings.auth_token_file is not None:
+        token = read_secret(settings.auth_token_file, "auth token")
     store = build_store(
         settings.store, retention=settings.retention, clear_grace=settings.clear_grace
     )
     reachable = await store.ping()
-    if not reachable and not settings.store_is_remote:
+    try:
+        if not reachable and not settings.store_is_remote:
+            raise ConfigError(f"cannot open the store {display_url(settings.store)}")
+        receivers = build_receivers(config)
+    except BaseException:
         await store.close()
-        raise ConfigError(f"cannot open the store {display_url(settings.store)}")
+        raise
     redactor = config.redaction.redactor()
     engine = Engine(
         store,
@@ -151,14 +154,41 @@ async def start(settings: ServerSettings, config: ReceiversFile | None = None) -
         settings=EngineSettings(lease_margin=settings.lease_margin),
         redact=redactor.redact if redactor.rules else None,
     )
+    telemetry = None
+    try:
+        if settings.metrics_listen or tracing_configured():
+            telemetry = setup_telemetry(
+                TelemetrySettings(settings.metrics_listen, settings.trace_sample_ratio), engine
+            )
+        sidecar = await _serve(settings, engine, credentials, token, telemetry, reachable)
+    except BaseException:
+        # Whatever was opened (channels, store, metrics port) is closed again.
+        await engine.close()
+        if telemetry is not None:
+            telemetry.shutdown()
+        raise
+    names = ", ".join(receiver.name for receiver in receivers)
+    log.info(
+        "serving on %s; store: %s; receivers: %s",
+        " and ".join(sidecar.addresses),
+        display_url(settings.store),
+        names,
+    )
+    return sidecar
+
+
+async def _serve(
+    settings: ServerSettings,
+    engine: Engine,
+    credentials: grpc.ServerCredentials | None,
+    token: bytes | None,
+    telemetry: Telemetry | None,
+    reachable: bool,
+) -> Sidecar:
     gate = CallGate()
     # Outermost first: telemetry sees every call, refused ones included.
     interceptors: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]
-    telemetry = None
-    if settings.metrics_listen or tracing_configured():
-        telemetry = setup_telemetry(
-            TelemetrySettings(settings.metrics_listen, settings.trace_sample_ratio), engine
-        )
+    if telemetry is not None:
         interceptors.append(TelemetryInterceptor(telemetry))
     interceptors.append(gate)
     if token is not None:
@@ -186,13 +216,13 @@ async def start(settings: ServerSettings, config: ReceiversFile | None = None) -
         ],
         server,
     )
-    addresses = _listen(server, settings, credentials)
-    # The unix socket is created by start(): only this user may connect to it.
+    # gRPC creates the unix socket when the port is added: only this user may connect to it.
     old_umask = os.umask(0o177)
     try:
-        await server.start()
+        addresses = _listen(server, settings, credentials)
     finally:
         os.umask(old_umask)
+    await server.start()
     services = ("", SERVICE_NAME)
     status = health_pb2.HealthCheckResponse.SERVING
     if not reachable:
@@ -205,17 +235,10 @@ async def start(settings: ServerSettings, config: ReceiversFile | None = None) -
     if settings.store != "memory":
         follower = asyncio.create_task(
             follow_store(
-                store, health_servicer, services, settings.store_check_interval, reachable
+                engine.store, health_servicer, services, settings.store_check_interval, reachable
             ),
             name="sendonce-store-health",
         )
-    names = ", ".join(f"{r.name}" for r in receivers)
-    log.info(
-        "serving on %s; store: %s; receivers: %s",
-        " and ".join(addresses),
-        display_url(settings.store),
-        names,
-    )
     return Sidecar(server, engine, health_servicer, addresses, settings, gate, follower, telemetry)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Si
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeAlias
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from opentelemetry import propagate, trace
@@ -29,6 +30,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from . import __version__
 from .channels.base import SendStatus
+from .config import ConfigError
 from .engine.engine import Engine
 from .engine.model import CircuitState, DeliveryResult, Key
 from .engine.observer import AttemptObservation
@@ -98,6 +100,8 @@ class Telemetry:
             "rpc.server.call.duration", unit="s", description="Duration of gRPC calls"
         )
         self._engine = engine
+        # The /metrics HTTP server (a thread), stopped with the rest by `shutdown`.
+        self.metrics_server: WSGIServer | None = None
         meter.create_observable_gauge(
             "sendonce.store.records",
             callbacks=[self._records],
@@ -162,6 +166,10 @@ class Telemetry:
             yield Observation(_CIRCUIT_LEVEL[breaker.state], {"receiver": name})
 
     def shutdown(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
+            self.metrics_server = None
         if self.tracing is not None:
             self.tracing.shutdown()
         if self.meters is not None:
@@ -205,8 +213,10 @@ def setup(settings: TelemetrySettings, engine: Engine) -> Telemetry:
     """Metrics and tracing as configured; each is off (and free) when not asked for."""
     resource = Resource.create({"service.name": "sendonce", "service.version": __version__})
     meters = None
+    metrics_server = None
     if settings.metrics_listen:
         registry = CollectorRegistry()
+        metrics_server = _serve_metrics(settings.metrics_listen, registry)
         reader = PrometheusMetricReader(registry=registry)
         meters = MeterProvider(
             metric_readers=[reader],
@@ -218,8 +228,6 @@ def setup(settings: TelemetrySettings, engine: Engine) -> Telemetry:
                 )
             ],
         )
-        host, _, port = settings.metrics_listen.rpartition(":")
-        start_http_server(int(port), addr=host or "0.0.0.0", registry=registry)  # noqa: S104
         log.info("metrics on http://%s/metrics", settings.metrics_listen)
     tracing = None
     exporter = _trace_exporter()
@@ -229,8 +237,26 @@ def setup(settings: TelemetrySettings, engine: Engine) -> Telemetry:
         )
         tracing.add_span_processor(BatchSpanProcessor(exporter))
     telemetry = Telemetry(meters, tracing, engine)
+    telemetry.metrics_server = metrics_server
     engine.observer = telemetry
     return telemetry
+
+
+def _serve_metrics(listen: str, registry: CollectorRegistry) -> WSGIServer:
+    """Start the /metrics HTTP server on host:port ([::1]:port for IPv6)."""
+    host, _, port = listen.rpartition(":")
+    try:
+        server, _ = start_http_server(
+            int(port),
+            addr=host.strip("[]") or "0.0.0.0",  # noqa: S104
+            registry=registry,
+        )
+    except ValueError:
+        raise ConfigError(f"cannot serve metrics on {listen}: use host:port") from None
+    except (OSError, OverflowError) as error:
+        reason = getattr(error, "strerror", None) or "the port must be 0 to 65535"
+        raise ConfigError(f"cannot serve metrics on {listen}: {reason}") from None
+    return server
 
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
@@ -241,7 +267,10 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
 
     def __init__(self, telemetry: Telemetry) -> None:
         self.telemetry = telemetry
-        self._wrapped: dict[str, Handler] = {}
+        # Keyed by method *and* handler: an inner interceptor (the token check, the shutdown
+        # gate) answers one method with its refusal on one call and the real handler on the next.
+        # The handler is kept in the value so that its id is never reused.
+        self._wrapped: dict[tuple[str, int], tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self,
@@ -252,10 +281,11 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
         if handler is None or handler.unary_unary is None:
             return handler
         method = details.method
-        wrapped = self._wrapped.get(method)
-        if wrapped is None:
-            wrapped = self._wrapped[method] = self._wrap(method, handler)
-        return wrapped
+        key = (method, id(handler))
+        cached = self._wrapped.get(key)
+        if cached is None:
+            cached = self._wrapped[key] = (handler, self._wrap(method, handler))
+        return cached[1]
 
     def _wrap(self, method: str, handler: Handler) -> Handler:
         inner: Any = handler.unary_unary

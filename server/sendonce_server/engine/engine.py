@@ -364,6 +364,9 @@ class Engine:
         loop = asyncio.get_running_loop()
         async with self.store.watch(key) as changed:
             while True:
+                # Cleared before the read, never after: a change notified while the read is
+                # awaited (a completion published by another replica) must wake the wait below.
+                changed.clear()
                 now = self.clock.now()
                 record = await self.store.read(key, now)
                 entry = record.entry(lease.attempt, lease.token) if record is not None else None
@@ -383,7 +386,6 @@ class Engine:
                     wait = min(wait, remaining)
                 if wait <= 0:
                     return None
-                changed.clear()
                 try:
                     async with asyncio.timeout(wait):
                         await changed.wait()

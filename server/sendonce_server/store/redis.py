@@ -140,6 +140,7 @@ class RedisStore:
         try:
             raw = await self._redis.get(self._keys(key)[0])
         except _UNREACHABLE as error:
+            await self._drop_idle_connections()
             raise _unavailable(error) from None
         if raw is None:
             return None
@@ -176,6 +177,7 @@ class RedisStore:
             return bool(await self._redis.ping())
         except RedisError as error:
             log.warning("redis store unreachable: %s", _reason(error))
+            await self._drop_idle_connections()
             return False
 
     async def close(self) -> None:
@@ -189,14 +191,29 @@ class RedisStore:
         try:
             result = await self._script(keys=keys, args=args)
         except _UNREACHABLE as error:
+            await self._drop_idle_connections()
             raise _unavailable(error) from None
         return [_text(item) if isinstance(item, bytes) else item for item in result]
+
+    async def _drop_idle_connections(self) -> None:
+        """Close the pooled connections once Redis is unreachable.
+
+        A connection left idle in the pool across a Redis restart fails its next command
+        ("Connection closed by server"): after the outage, every such connection would answer
+        one more call UNAVAILABLE, fail one more health check, or lose one more attempt's
+        result. Closed now, each reconnects when next used.
+        """
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.connection_pool.disconnect(inuse_connections=False)
 
     async def _subscribe(self) -> None:
         """Start the one subscription of this store and wait until Redis confirmed it."""
         if self._listener is None or self._listener.done():
             self._subscribed.clear()
             self._listener = asyncio.create_task(self._listen(), name="sendonce-redis-changes")
+            # Its error (Redis went away) is retrieved here, not reported as never retrieved;
+            # the next watch starts a new subscription.
+            self._listener.add_done_callback(_ended)
         waiting = asyncio.create_task(self._subscribed.wait())
         done, _ = await asyncio.wait({waiting, self._listener}, return_when=asyncio.FIRST_COMPLETED)
         if waiting not in done:
@@ -217,6 +234,11 @@ class RedisStore:
             self._subscribed.clear()
             with contextlib.suppress(RedisError):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+def _ended(listener: asyncio.Task[None]) -> None:
+    if not listener.cancelled() and (error := listener.exception()) is not None:
+        log.debug("redis change subscription ended: %s", _reason(error))
 
 
 def _text(value: bytes | str) -> str:

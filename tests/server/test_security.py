@@ -1,0 +1,381 @@
+"""Security of a real sidecar, seen by real gRPC clients: bearer token, TLS and mutual TLS,
+message and concurrency limits, the unix socket's permissions, and no port sharing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import stat
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from sendonce.v1 import delivery_pb2 as pb
+from sendonce.v1 import delivery_pb2_grpc
+from sendonce_server.config import ConfigError, ReceiversFile, ServerSettings
+from sendonce_server.server import Sidecar, start
+from tests.server.conftest import StartSidecar
+from tests.server.process import free_tcp_port
+from tests.support.http_receiver import HttpReceiver
+
+TOKEN = "tok-Zq8v3XkP0wLm"  # a throwaway test token
+NOTE = pb.Notification(subject="Deployment web failed", body="3 of 3 pods crashlooping")
+
+
+def webhook(receiver: HttpReceiver) -> dict[str, Any]:
+    return {"receivers": [{"name": "hook", "type": "webhook", "settings": {"url": receiver.url}}]}
+
+
+def deliver(uid: str = "uid-1", body: str = "3 of 3 pods crashlooping") -> pb.DeliverRequest:
+    return pb.DeliverRequest(
+        uid=uid, channel="hook", notification=pb.Notification(subject="Deploy failed", body=body)
+    )
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bearer token
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    path = tmp_path / "token"
+    path.write_text(f"{TOKEN}\n")  # the trailing newline of a mounted secret is not the token
+    return path
+
+
+@pytest.mark.parametrize("metrics", [False, True], ids=["plain", "with-metrics"])
+async def test_deliver_needs_the_bearer_token(
+    start_sidecar: StartSidecar,
+    http_receiver: HttpReceiver,
+    token_file: Path,
+    caplog: pytest.LogCaptureFixture,
+    metrics: bool,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    # With metrics on, the telemetry interceptor wraps every handler: a refusal must stay a
+    # refusal and the real handler must stay reachable, whichever came first.
+    sidecar = await start_sidecar(
+        webhook(http_receiver),
+        auth_token_file=token_file,
+        metrics_listen=f"127.0.0.1:{free_tcp_port()}" if metrics else None,
+    )
+    wrong = [None, bearer("wrong"), bearer(TOKEN + "x"), (("authorization", TOKEN),)]
+
+    async def refusals() -> list[grpc.aio.AioRpcError]:
+        errors = []
+        for metadata in wrong:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await sidecar.stub.Deliver(deliver(), metadata=metadata, timeout=10)
+            errors.append(refused.value)
+        return errors
+
+    before = await refusals()
+    hits_before = http_receiver.hits
+    answer = await sidecar.stub.Deliver(deliver(), metadata=bearer(TOKEN), timeout=10)
+    after = await refusals()
+
+    assert hits_before == 0
+    assert answer.outcome == pb.OUTCOME_DELIVERED
+    assert http_receiver.hits == 1
+    errors = before + after
+    assert [error.code() for error in errors] == [grpc.StatusCode.UNAUTHENTICATED] * len(errors)
+    assert "authorization: Bearer <token>" in str(errors[0].details())
+    # The token is in no error the callers saw and in no log record, fields included.
+    assert not [e for e in errors if TOKEN in f"{e.details()} {e.debug_error_string()}"]
+    assert caplog.records, "the sidecar logged nothing: the check below would prove nothing"
+    assert not [r for r in caplog.records if TOKEN in f"{r.getMessage()} {vars(r)}"]
+
+
+async def test_health_stays_open_but_reflection_needs_the_token(
+    start_sidecar: StartSidecar, http_receiver: HttpReceiver, token_file: Path
+) -> None:
+    sidecar = await start_sidecar(webhook(http_receiver), auth_token_file=token_file)
+    health = health_pb2_grpc.HealthStub(sidecar.channel)
+    reflection = reflection_pb2_grpc.ServerReflectionStub(sidecar.channel)
+
+    async def services(metadata: Any) -> list[str]:
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        call = reflection.ServerReflectionInfo(iter([request]), metadata=metadata, timeout=10)
+        return [s.name async for answer in call for s in answer.list_services_response.service]
+
+    checked = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await services(None)
+
+    assert checked.status == health_pb2.HealthCheckResponse.SERVING
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "sendonce.v1.DeliveryService" in await services(bearer(TOKEN))
+
+
+# ---------------------------------------------------------------------------------------------
+# TLS and mutual TLS
+
+_OPENSSL_CONFIG = """\
+[req]
+distinguished_name = dn
+[dn]
+[ca]
+basicConstraints = critical,CA:TRUE
+keyUsage = critical,keyCertSign,cRLSign
+subjectKeyIdentifier = hash
+[server]
+basicConstraints = CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1,DNS:localhost
+[client]
+basicConstraints = CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = clientAuth
+"""
+_EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+
+
+@dataclass(frozen=True)
+class Pki:
+    """PEM files: a server CA and the server's certificate; a client CA and a client's."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_ca: Path
+    client_cert: Path
+    client_key: Path
+
+    def client_credentials(self, *, with_cert: bool = False) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes(),
+            private_key=self.client_key.read_bytes() if with_cert else None,
+            certificate_chain=self.client_cert.read_bytes() if with_cert else None,
+        )
+
+
+def _openssl(*args: str | Path) -> None:
+    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+
+
+def _make_ca(directory: Path, name: str, config: Path) -> tuple[Path, Path]:
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    _openssl("req", "-x509", "-config", config, "-extensions", "ca", *_EC_KEY, "-days", "1",
+             "-subj", f"/CN={name}", "-keyout", key, "-out", cert)  # fmt: skip
+    return cert, key
+
+
+def _make_leaf(
+    directory: Path, name: str, config: Path, ca: tuple[Path, Path], serial: int
+) -> tuple[Path, Path]:
+    cert, key, request = (directory / f"{name}{suffix}" for suffix in (".pem", ".key", ".csr"))
+    _openssl("req", "-new", "-config", config, *_EC_KEY, "-subj", f"/CN={name}",
+             "-keyout", key, "-out", request)  # fmt: skip
+    _openssl("x509", "-req", "-in", request, "-CA", ca[0], "-CAkey", ca[1],
+             "-set_serial", str(serial), "-days", "1", "-extfile", config, "-extensions", name,
+             "-out", cert)  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    directory = tmp_path_factory.mktemp("pki")
+    config = directory / "openssl.cnf"
+    config.write_text(_OPENSSL_CONFIG)
+    server_ca = _make_ca(directory, "server-ca", config)
+    client_ca = _make_ca(directory, "client-ca", config)
+    server = _make_leaf(directory, "server", config, server_ca, 1)
+    client = _make_leaf(directory, "client", config, client_ca, 2)
+    return Pki(server_ca[0], *server, client_ca[0], *client)
+
+
+async def _deliver_over(
+    address: str, credentials: grpc.ChannelCredentials, uid: str
+) -> pb.DeliverResponse:
+    async with grpc.aio.secure_channel(address, credentials) as channel:
+        stub = delivery_pb2_grpc.DeliveryServiceStub(channel)
+        answer: pb.DeliverResponse = await stub.Deliver(deliver(uid), timeout=10)
+        return answer
+
+
+async def test_tls_serves_a_client_that_trusts_the_ca_and_refuses_plaintext(
+    start_sidecar: StartSidecar, http_receiver: HttpReceiver, pki: Pki
+) -> None:
+    sidecar = await start_sidecar(
+        webhook(http_receiver), tls_cert_file=pki.server_cert, tls_key_file=pki.server_key
+    )
+
+    with pytest.raises(grpc.aio.AioRpcError) as plaintext:
+        await sidecar.stub.Deliver(deliver("uid-plain"), timeout=10)  # the fixture's channel
+    answer = await _deliver_over(sidecar.address, pki.client_credentials(), "uid-tls")
+
+    assert plaintext.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert answer.outcome == pb.OUTCOME_DELIVERED
+    assert [request.json()["uid"] for request in http_receiver.requests] == ["uid-tls"]
+
+
+async def test_mutual_tls_needs_a_client_certificate_from_the_client_ca(
+    start_sidecar: StartSidecar, http_receiver: HttpReceiver, pki: Pki
+) -> None:
+    sidecar = await start_sidecar(
+        webhook(http_receiver),
+        tls_cert_file=pki.server_cert,
+        tls_key_file=pki.server_key,
+        tls_client_ca_file=pki.client_ca,
+    )
+
+    with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+        await _deliver_over(sidecar.address, pki.client_credentials(), "uid-anonymous")
+    # A certificate the client CA did not sign (the server's own, from another CA) is refused too.
+    wrong_ca = grpc.ssl_channel_credentials(
+        pki.ca.read_bytes(), pki.server_key.read_bytes(), pki.server_cert.read_bytes()
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as foreign:
+        await _deliver_over(sidecar.address, wrong_ca, "uid-foreign")
+    answer = await _deliver_over(
+        sidecar.address, pki.client_credentials(with_cert=True), "uid-mtls"
+    )
+
+    assert anonymous.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert foreign.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert answer.outcome == pb.OUTCOME_DELIVERED
+    assert [request.json()["uid"] for request in http_receiver.requests] == ["uid-mtls"]
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"tls_cert_file": "server_cert"}, "TLS needs both --tls-cert-file and --tls-key-file"),
+        ({"tls_key_file": "server_key"}, "TLS needs both --tls-cert-file and --tls-key-file"),
+        ({"tls_client_ca_file": "client_ca"}, "--tls-client-ca-file needs --tls-cert-file"),
+        (
+            {"tls_cert_file": "server_cert", "tls_key_file": "missing"},
+            "cannot read the TLS key file",
+        ),
+        (
+            {
+                "tls_cert_file": "server_cert",
+                "tls_key_file": "server_key",
+                "tls_client_ca_file": "missing",
+            },
+            "cannot read the client CA file",
+        ),
+        (
+            {"tls_cert_file": "garbage", "tls_key_file": "server_key"},
+            "are not a PEM certificate and its unencrypted private key",
+        ),
+        (
+            {"tls_cert_file": "server_cert", "tls_key_file": "client_key"},  # not its key
+            "are not a PEM certificate and its unencrypted private key",
+        ),
+        (
+            {
+                "tls_cert_file": "server_cert",
+                "tls_key_file": "server_key",
+                "tls_client_ca_file": "garbage",
+            },
+            r"--tls-client-ca-file .* holds no PEM certificate",
+        ),
+    ],
+)
+async def test_bad_tls_configuration_is_refused_with_a_readable_error(
+    pki: Pki, tmp_path: Path, files: dict[str, str], message: str
+) -> None:
+    (tmp_path / "garbage").write_text("-----BEGIN CERTIFICATE-----\nnot base64\n")
+    paths: dict[str, Any] = {n: getattr(pki, v, tmp_path / v) for n, v in files.items()}
+
+    with pytest.raises(ConfigError, match=message) as refused:
+        await start(ServerSettings(listen="127.0.0.1:0", **paths))
+
+    assert "\n" not in str(refused.value)
+
+
+async def test_an_unreadable_token_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the auth token file"):
+        await start(ServerSettings(listen="127.0.0.1:0", auth_token_file=tmp_path / "missing"))
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match=r"auth token file .* is empty"):
+        await start(ServerSettings(listen="127.0.0.1:0", auth_token_file=tmp_path / "empty"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits
+
+
+async def test_calls_beyond_the_concurrency_limit_are_refused(
+    start_sidecar: StartSidecar, http_receiver: HttpReceiver
+) -> None:
+    sidecar = await start_sidecar(webhook(http_receiver), max_concurrent_rpcs=2)
+    http_receiver.hold()
+    held = [asyncio.ensure_future(sidecar.stub.Deliver(deliver(f"uid-{n}"))) for n in (1, 2)]
+    await http_receiver.wait_for_hits(2)
+
+    with pytest.raises(grpc.aio.AioRpcError) as third:
+        await sidecar.stub.Deliver(deliver("uid-3"), timeout=5)
+    http_receiver.release()
+    answers = await asyncio.gather(*held)
+
+    assert third.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert [answer.outcome for answer in answers] == [pb.OUTCOME_DELIVERED] * 2
+    assert sorted(request.json()["uid"] for request in http_receiver.requests) == [
+        "uid-1",
+        "uid-2",
+    ]
+
+
+async def test_a_message_over_the_size_limit_is_refused_before_anything_is_sent(
+    start_sidecar: StartSidecar, http_receiver: HttpReceiver
+) -> None:
+    sidecar = await start_sidecar(webhook(http_receiver), max_message_bytes=2048)
+
+    with pytest.raises(grpc.aio.AioRpcError) as too_big:
+        await sidecar.stub.Deliver(deliver("uid-big", body="x" * 3000), timeout=10)
+    fits = await sidecar.stub.Deliver(deliver("uid-small", body="x" * 1500), timeout=10)
+
+    assert too_big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert fits.outcome == pb.OUTCOME_DELIVERED
+    assert [request.json()["uid"] for request in http_receiver.requests] == ["uid-small"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the sidecar listens
+
+
+@pytest.fixture
+async def stopped_at_end() -> AsyncIterator[list[Sidecar]]:
+    sidecars: list[Sidecar] = []
+    yield sidecars
+    for sidecar in sidecars:
+        await sidecar.stop()
+
+
+async def test_the_unix_socket_is_for_this_user_only(
+    tmp_path: Path, http_receiver: HttpReceiver, stopped_at_end: list[Sidecar]
+) -> None:
+    path = tmp_path / "s.sock"
+    config = ReceiversFile.model_validate(webhook(http_receiver))
+    sidecar = await start(ServerSettings(listen="", unix_socket=path), config)
+    stopped_at_end.append(sidecar)
+
+    async with grpc.aio.insecure_channel(f"unix:{path}") as channel:
+        answer = await delivery_pb2_grpc.DeliveryServiceStub(channel).Deliver(deliver(), timeout=10)
+
+    assert sidecar.addresses == [f"unix:{path}"]
+    assert stat.S_ISSOCK(path.stat().st_mode)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert answer.outcome == pb.OUTCOME_DELIVERED
+
+
+async def test_two_sidecars_never_share_a_port(stopped_at_end: list[Sidecar]) -> None:
+    first = await start(ServerSettings(listen="127.0.0.1:0"))
+    stopped_at_end.append(first)
+
+    with pytest.raises(ConfigError, match="address in use"):
+        stopped_at_end.append(await start(ServerSettings(listen=first.addresses[0])))
