@@ -26,6 +26,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy client/sendonce server/sendonce_server tests
 	$(VENV)/bin/buf lint
+	PATH=$(VENV)/bin:$$PATH scripts/buf-breaking
 
 test: check-gen lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -186,7 +186,7 @@ class AttemptCountResult:
     retry_after: timedelta | None = None
     last_error: str = ""
     history: tuple[Attempt, ...] = ()
-    #: True when only a tombstone of a cleared key remains (its history is gone).
+    #: True when only a tombstone of a cleared key remains (it keeps a running or won attempt).
     cleared: bool = False
     #: The channel's circuit breaker.
     circuit: CircuitState = CircuitState.UNKNOWN

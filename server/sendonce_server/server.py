@@ -223,19 +223,25 @@ async def _serve(
     finally:
         os.umask(old_umask)
     await server.start()
-    services = ("", SERVICE_NAME)
+    # "" is the process (liveness): SERVING until shutdown. The delivery service (readiness)
+    # follows the store, so an outage of a shared store takes the pod out of service without
+    # restarting it.
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     status = health_pb2.HealthCheckResponse.SERVING
     if not reachable:
         # A shared store may come up after the sidecar: wait for it NOT_SERVING, not exit.
         status = health_pb2.HealthCheckResponse.NOT_SERVING
         log.warning("store %s unreachable: not serving until it is", display_url(settings.store))
-    for service in services:
-        await health_servicer.set(service, status)
+    await health_servicer.set(SERVICE_NAME, status)
     follower = None
     if settings.store != "memory":
         follower = asyncio.create_task(
             follow_store(
-                engine.store, health_servicer, services, settings.store_check_interval, reachable
+                engine.store,
+                health_servicer,
+                [SERVICE_NAME],
+                settings.store_check_interval,
+                reachable,
             ),
             name="sendonce-store-health",
         )

@@ -61,7 +61,8 @@ async def test_concurrent_calls_share_one_attempt_on_every_store(
 
 async def _health_changes(channel: grpc.aio.Channel) -> AsyncIterator[int]:
     stub = health_pb2_grpc.HealthStub(channel)
-    async for answer in stub.Watch(health_pb2.HealthCheckRequest(service="")):
+    service = "sendonce.v1.DeliveryService"  # readiness; "" (liveness) stays SERVING
+    async for answer in stub.Watch(health_pb2.HealthCheckRequest(service=service)):
         yield answer.status
 
 

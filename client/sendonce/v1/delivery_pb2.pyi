@@ -508,7 +508,9 @@ class AttemptCountResponse(_message.Message):
     found: _builtins.bool
     """False when the sidecar holds no record of the key (never seen, cleared, or expired)."""
     cleared: _builtins.bool
-    """True when only a tombstone of a cleared key remains (its history is gone)."""
+    """True when only a tombstone of a cleared key remains: its history keeps only a running or
+    successful attempt.
+    """
     circuit: Global___CircuitState.ValueType
     """The channel's circuit breaker in this sidecar process."""
     @_builtins.property

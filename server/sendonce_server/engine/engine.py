@@ -188,7 +188,13 @@ class Engine:
                 self._waiting -= 1
             if isinstance(step, DeliveryResult):
                 return replace(step, shared=True) if joined else step
-            shared = await self._await_foreign(key, step.lease, deadline)
+            try:
+                # The whole wait, its subscription and reads included, ends by the deadline.
+                async with asyncio.timeout_at(deadline):
+                    shared = await self._await_foreign(key, step.lease, deadline)
+            except TimeoutError:
+                record = step.record
+                return self._in_progress(step.lease, record.attempts, record.max_attempts)
             if shared is not None:
                 return shared
 
