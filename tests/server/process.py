@@ -7,6 +7,11 @@
         await sidecar.stderr.wait_for("shutting down")      # a log line, as it is written
         assert await sidecar.exit_code() == 0
 
+        replica = await children.replica("--store", redis_url)  # a free TCP port, serving
+        async with replica.stub() as stub: ...               # a DeliveryService stub
+        health = HealthWatch(replica.target, "sendonce.v1.DeliveryService")  # a Watch stream
+        await health.reached(NOT_SERVING)                    # a status it sent, as it arrives
+
 Both output streams are read as they are written, so a child never blocks on a full pipe and a
 test can await a line instead of sleeping. Every child still running at the end is killed.
 """
@@ -18,13 +23,16 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from sendonce.v1 import delivery_pb2_grpc
 
 # Generous: a child first imports grpc, pydantic and protobuf, on a possibly busy CI machine.
 STARTUP_TIMEOUT = 20.0
@@ -141,6 +149,78 @@ class Sidecar(Child):
             answer = await check
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
 
+    @asynccontextmanager
+    async def stub(self) -> AsyncIterator[delivery_pb2_grpc.DeliveryServiceAsyncStub]:
+        """A DeliveryService stub on a channel of its own, closed when the block ends."""
+        async with grpc.aio.insecure_channel(self.target) as channel:
+            yield delivery_pb2_grpc.DeliveryServiceStub(channel)
+
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class HealthWatch:
+    """Follows a sidecar's health with the Watch stream, so a test awaits a change, not a poll.
+
+    `statuses` lists every status the stream sent. Close it (or use it as an async context
+    manager) to end the stream.
+    """
+
+    def __init__(self, target: str, service: str = "") -> None:
+        self.statuses: list[int] = []
+        self._changed = asyncio.Condition()
+        self._channel = grpc.aio.insecure_channel(target)
+        request = health_pb2.HealthCheckRequest(service=service)
+        self._task = asyncio.create_task(self._follow(request))
+
+    async def reached(self, status: int, after: int = 0, timeout: float = 10.0) -> int:
+        """Wait until the stream sent `status` at an index >= `after`; returns that index."""
+
+        def found() -> int | None:
+            return next(
+                (i for i, seen in enumerate(self.statuses) if i >= after and seen == status), None
+            )
+
+        try:
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait_for(lambda: found() is not None or self._task.done())
+        except TimeoutError:
+            raise AssertionError(
+                f"health never reached {status} after {timeout}s: {self.statuses}"
+            ) from None
+        index = found()
+        if index is None:
+            raise AssertionError(f"the health stream ended before {status}: {self.statuses}")
+        return index
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self._channel.close(None)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _follow(self, request: health_pb2.HealthCheckRequest) -> None:
+        try:
+            stream = health_pb2_grpc.HealthStub(self._channel).Watch(request, wait_for_ready=True)
+            async for answer in stream:
+                async with self._changed:
+                    self.statuses.append(answer.status)
+                    self._changed.notify_all()
+        finally:
+            async with self._changed:
+                self._changed.notify_all()
+
 
 def child_environment() -> dict[str, str]:
     """This process's environment without SENDONCE_* variables, which would change the flags.
@@ -182,6 +262,17 @@ class Children:
         child = Sidecar(process, Lines(process.stdout), Lines(process.stderr), target)
         self._started.append(child)
         return child
+
+    async def replica(self, *args: str) -> Sidecar:
+        """A serving `sendonce-server --listen 127.0.0.1:0 args...`: the port it logs is used.
+
+        The kernel picks the port, so replicas started side by side never race for one.
+        """
+        sidecar = await self.sidecar("--listen", "127.0.0.1:0", *args, target="")
+        line = await sidecar.stderr.wait_for("serving on ", timeout=STARTUP_TIMEOUT)
+        sidecar.target = line.split("serving on ", 1)[1].split(";")[0].split(" and ")[0]
+        await sidecar.until_serving()
+        return sidecar
 
     async def cli(self, *args: str) -> tuple[int, str, str]:
         """Run `sendonce args...` to its end: exit code, stdout, stderr."""

@@ -30,6 +30,9 @@ class RedisServer:
     port: int
     workdir: Path
     process: subprocess.Popen[bytes] | None = None
+    # Log every write to an append-only file, fsynced before Redis answers it, so a kill -9
+    # and a start() on the same workdir lose no acknowledged write.
+    durable: bool = False
 
     @property
     def url(self) -> str:
@@ -45,10 +48,9 @@ class RedisServer:
                 str(self.port),
                 "--save",
                 "",
-                "--appendonly",
-                "no",
                 "--dir",
                 str(self.workdir),
+                *self._persistence(),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -64,6 +66,11 @@ class RedisServer:
                 if time.monotonic() > deadline:
                     raise
             time.sleep(0.01)  # a process starting up announces nothing to await
+
+    def _persistence(self) -> list[str]:
+        if not self.durable:
+            return ["--appendonly", "no"]
+        return ["--appendonly", "yes", "--appendfsync", "always"]
 
     def stop(self) -> None:
         if self.process is not None:
@@ -98,6 +105,19 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     if shutil.which("redis-server") is None:
         _missing("redis-server is not on PATH")
     server = RedisServer(free_port(), tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def durable_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """As `own_redis`, with every acknowledged write on disk: its state survives stop/start."""
+    if shutil.which("redis-server") is None:
+        _missing("redis-server is not on PATH")
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    server = RedisServer(free_port(), workdir, durable=True)
     server.start()
     yield server
     server.stop()
