@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from sendonce_server.channels.base import SendResult
+from sendonce_server.engine.decisions import Completion
 from sendonce_server.engine.engine import Engine, EngineSettings, Receiver
 from sendonce_server.engine.errors import PayloadMismatch, UnknownChannel
 from sendonce_server.engine.model import (
@@ -18,8 +19,10 @@ from sendonce_server.engine.model import (
     Notification,
     Outcome,
     Receipt,
+    Record,
 )
 from sendonce_server.engine.policy import RetryPolicy
+from sendonce_server.store.base import StoreUnavailable
 from sendonce_server.store.memory import MemoryStore
 from tests.support.scripted_channel import ManualClock, ScriptedChannel
 
@@ -325,3 +328,31 @@ async def test_attempt_count_reads_without_creating_state() -> None:
 
     assert (unknown.found, unknown.attempts_used, unknown.remaining) == (False, 2, 3)
     assert not (await engine.attempt_count(KEY)).found
+
+
+class FlakyStore(MemoryStore):
+    """Unreachable for the first `failures` completions, like a store during a short outage."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def complete(self, key: Key, completion: Completion, now: float) -> Record | None:
+        if self.failures:
+            self.failures -= 1
+            raise StoreUnavailable("redis connection failed")
+        return await super().complete(key, completion, now)
+
+
+async def test_a_result_is_recorded_through_a_short_store_outage() -> None:
+    store = FlakyStore(failures=3)
+    channel = ScriptedChannel()
+    engine = make_engine(channel, store=store)
+
+    first = await engine.deliver(KEY, NOTE)
+    again = await engine.deliver(KEY, NOTE)
+
+    assert first.outcome is Outcome.DELIVERED
+    assert store.failures == 0
+    assert again.outcome is Outcome.ALREADY_DELIVERED
+    assert len(channel.sends) == 1

@@ -16,8 +16,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
 from ..channels.base import Channel, Delivery, SendResult, SendStatus
-from ..store.base import Store
+from ..store.base import Store, StoreUnavailable
 from . import decisions
 from .breaker import BreakerSettings, CircuitBreaker
 from .decisions import (
@@ -334,20 +336,32 @@ class Engine:
                 "error": sent.error,
             },
         )
-        record = await self._complete(key, completion, now)
+        record = await self._complete(key, completion, lease)
         return _own_result(sent, completion, reserved.record, record, now)
 
     def _after_send(self, key: Key, lease: Lease) -> None:
         """Test seam: a subclass may raise here to play a holder that dies before completing."""
 
-    async def _complete(self, key: Key, completion: Completion, now: float) -> Record | None:
+    async def _complete(self, key: Key, completion: Completion, lease: Lease) -> Record | None:
+        """Record the result; through a store outage, keep trying while the lease holds.
+
+        Past the lease the attempt is counted but its result lost, and the key may be sent
+        again (receivers dedupe by the idempotency key): worth a few retries to avoid.
+        """
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(StoreUnavailable),
+            stop=stop_after_delay(max(0.0, lease.expires_at - self.clock.now())),
+            wait=wait_exponential(multiplier=0.05, max=1.0),
+            reraise=True,
+        )
         try:
-            return await self.store.complete(key, completion, now)
+            async for attempt in retrying:
+                with attempt:
+                    return await self.store.complete(key, completion, self.clock.now())
         except Exception:
-            # The lease will expire and the attempt stays counted; the receiver dedupes a retry
-            # by the idempotency key. The caller still learns what happened.
+            # The caller still learns what happened; the lease will expire, the attempt counts.
             log.exception("could not record the result of attempt %d", completion.attempt)
-            return None
+        return None
 
     async def _send(self, receiver: Receiver, delivery: Delivery) -> SendResult:
         timeout = receiver.channel.timeout
