@@ -348,6 +348,10 @@ class Engine:
         Past the lease the attempt is counted but its result lost, and the key may be sent
         again (receivers dedupe by the idempotency key): worth a few retries to avoid.
         """
+        try:
+            return await self.store.complete(key, completion, self.clock.now())
+        except StoreUnavailable:
+            pass  # the retries below are off the hot path: most completions land at once
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(StoreUnavailable),
             stop=stop_after_delay(max(0.0, lease.expires_at - self.clock.now())),
