@@ -34,7 +34,8 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
  && pip check
 USER 10001:10001
 WORKDIR /var/lib/sendonce
-EXPOSE 50051
+# 50051: gRPC; 9464: Prometheus metrics, when started with --metrics-listen 0.0.0.0:9464.
+EXPOSE 50051 9464
 # Exec form: sendonce-server is PID 1 and receives SIGTERM itself (it drains, then exits 0).
 ENTRYPOINT ["sendonce-server"]
 CMD ["--listen", "0.0.0.0:50051"]

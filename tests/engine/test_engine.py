@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from sendonce_server.channels.base import SendResult
-from sendonce_server.engine.decisions import Completion
+from sendonce_server.engine.decisions import Completion, Decision, ReserveRequest
 from sendonce_server.engine.engine import Engine, EngineSettings, Receiver
 from sendonce_server.engine.errors import PayloadMismatch, UnknownChannel
 from sendonce_server.engine.model import (
@@ -356,3 +356,34 @@ async def test_a_result_is_recorded_through_a_short_store_outage() -> None:
     assert store.failures == 0
     assert again.outcome is Outcome.ALREADY_DELIVERED
     assert len(channel.sends) == 1
+
+
+class LaggingStore(MemoryStore):
+    """A store whose clock runs behind the engine's (as Redis's may): leases live longer."""
+
+    def __init__(self, lag: float) -> None:
+        super().__init__()
+        self.lag = lag
+        self.reserves = 0
+
+    async def reserve(self, key: Key, request: ReserveRequest, now: float) -> Decision:
+        self.reserves += 1
+        return await super().reserve(key, request, now - self.lag)
+
+
+async def test_a_lease_expired_by_our_clock_only_is_not_polled_in_a_tight_loop() -> None:
+    store = LaggingStore(lag=100.0)
+    holder_channel = ScriptedChannel(hold=True)
+    holder = make_engine(holder_channel, store=store)
+    held = asyncio.create_task(holder.deliver(KEY, NOTE))
+    await holder_channel.wait_for_sends(1)
+    # Both engines read the system clock; the store decides 100 s in the past, where the
+    # holder's lease is live, while by the engines' clock it expired long ago.
+    waiter = make_engine(ScriptedChannel(), store=store)
+
+    answer = await waiter.deliver(KEY, NOTE, timeout=0.3)
+
+    assert answer.outcome is Outcome.IN_PROGRESS
+    assert store.reserves < 20  # about one per 50 ms, not thousands
+    holder_channel.answer()
+    await held

@@ -170,6 +170,7 @@ class Engine:
         fingerprint = notification.fingerprint()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        seen: Lease | None = None
         while True:
             flight = self._flights.get(key)
             joined = flight is not None
@@ -193,7 +194,11 @@ class Engine:
             try:
                 # The whole wait, its subscription and reads included, ends by the deadline.
                 async with asyncio.timeout_at(deadline):
-                    shared = await self._await_foreign(key, step.lease, deadline)
+                    # The same lease twice: the store's clock has not expired it yet although
+                    # ours has (skew); wait a moment instead of asking again at once.
+                    patience = _SKEW_PATIENCE if step.lease == seen else 0.0
+                    seen = step.lease
+                    shared = await self._await_foreign(key, step.lease, deadline, patience)
             except TimeoutError:
                 record = step.record
                 return self._in_progress(step.lease, record.attempts, record.max_attempts)
@@ -382,7 +387,7 @@ class Engine:
             return SendResult.retryable(f"channel error: {type(exc).__name__}")
 
     async def _await_foreign(
-        self, key: Key, lease: Lease, deadline: float | None
+        self, key: Key, lease: Lease, deadline: float | None, patience: float = 0.0
     ) -> DeliveryResult | None:
         """Wait for another holder's attempt; its result is shared, None means decide again."""
         loop = asyncio.get_running_loop()
@@ -409,7 +414,9 @@ class Engine:
                         return self._in_progress(lease, record.attempts, record.max_attempts)
                     wait = min(wait, remaining)
                 if wait <= 0:
-                    return None
+                    if not patience:
+                        return None
+                    wait, patience = patience, 0.0
                 try:
                     async with asyncio.timeout(wait):
                         await changed.wait()
@@ -430,6 +437,8 @@ class Engine:
         )
 
 
+# How long to wait before asking again for a lease that has expired by our clock only.
+_SKEW_PATIENCE = 0.05
 _FINISHED = (AttemptResult.SUCCEEDED, AttemptResult.FAILED, AttemptResult.FAILED_PERMANENT)
 
 

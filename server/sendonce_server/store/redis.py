@@ -18,7 +18,7 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import BusyLoadingError, RedisError
+from redis.exceptions import BusyLoadingError, ReadOnlyError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -41,7 +41,13 @@ log = logging.getLogger("sendonce.store")
 DAY = 86_400.0
 _SCRIPT = resources.files(__package__).joinpath("redis_decisions.lua").read_text()
 # Failures of reaching Redis; any other error (e.g. from the script) is a bug to surface.
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, OSError)
+_UNREACHABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    BusyLoadingError,
+    ReadOnlyError,  # a replica, or a primary demoted by a failover: no write can be recorded
+    OSError,
+)
 _VERDICTS = {
     "already_delivered": Outcome.ALREADY_DELIVERED,
     "failed_permanent": Outcome.FAILED_PERMANENT,
