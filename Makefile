@@ -30,3 +30,8 @@ lint: setup
 
 test: check-gen lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The benchmark (bench/): every scenario in one run, a table, bench/results/latest.json.
+.PHONY: bench
+bench: setup
+	$(PY) -m bench $(BENCH_ARGS)

@@ -1,0 +1,1 @@
+"""The sendonce benchmark harness: `python -m bench` (or `bench/run`, `make bench`)."""
