@@ -24,7 +24,7 @@ check-gen: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy client/sendonce server/sendonce_server tests
+	$(VENV)/bin/mypy client/sendonce server/sendonce_server tests bench
 	$(VENV)/bin/buf lint
 	PATH=$(VENV)/bin:$$PATH scripts/buf-breaking
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -221,3 +222,14 @@ def describe(error: ValidationError) -> str:
         where = ".".join(str(part) for part in problem["loc"]) or "(top level)"
         lines.append(f"  {where}: {problem['msg']}")
     return "\n".join(lines)
+
+
+def tracing_configured() -> bool:
+    """Whether the OTEL_* variables ask for spans to be exported."""
+    chosen = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if chosen:
+        return chosen != "none"
+    return bool(
+        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )

@@ -11,7 +11,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -23,13 +23,20 @@ from sendonce.v1 import delivery_pb2, delivery_pb2_grpc
 from .api.servicer import DeliveryServicer
 from .api.validation import Limits
 from .channels.registry import ChannelConfigError, build_channel
-from .config import ConfigError, ReceiversFile, ServerSettings, load_receivers
+from .config import (
+    ConfigError,
+    ReceiversFile,
+    ServerSettings,
+    load_receivers,
+    tracing_configured,
+)
 from .engine.engine import Engine, EngineSettings, Receiver
 from .health import follow_store
 from .security import TokenAuth, read_secret, server_credentials
 from .store.factory import build_store, display_url
-from .telemetry import Telemetry, TelemetryInterceptor, TelemetrySettings, tracing_configured
-from .telemetry import setup as setup_telemetry
+
+if TYPE_CHECKING:
+    from .telemetry import Telemetry
 
 log = logging.getLogger("sendonce.server")
 
@@ -157,6 +164,10 @@ async def start(settings: ServerSettings, config: ReceiversFile | None = None) -
     telemetry = None
     try:
         if settings.metrics_listen or tracing_configured():
+            # Imported only when asked for: the OpenTelemetry SDK slows every start.
+            from .telemetry import TelemetrySettings
+            from .telemetry import setup as setup_telemetry
+
             telemetry = setup_telemetry(
                 TelemetrySettings(settings.metrics_listen, settings.trace_sample_ratio), engine
             )
@@ -189,6 +200,8 @@ async def _serve(
     # Outermost first: telemetry sees every call, refused ones included.
     interceptors: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]
     if telemetry is not None:
+        from .telemetry import TelemetryInterceptor
+
         interceptors.append(TelemetryInterceptor(telemetry))
     interceptors.append(gate)
     if token is not None:

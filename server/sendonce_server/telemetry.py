@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from . import __version__
 from .channels.base import SendStatus
-from .config import ConfigError
+from .config import ConfigError, tracing_configured
 from .engine.engine import Engine
 from .engine.model import CircuitState, DeliveryResult, Key
 from .engine.observer import AttemptObservation
@@ -196,17 +196,6 @@ def _trace_exporter() -> Any | None:
     )
 
     return OTLPSpanExporter()
-
-
-def tracing_configured() -> bool:
-    """Whether the OTEL_* variables ask for spans to be exported."""
-    chosen = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
-    if chosen:
-        return chosen != "none"
-    return bool(
-        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    )
 
 
 def setup(settings: TelemetrySettings, engine: Engine) -> Telemetry:
