@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -110,4 +111,5 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
     def _key(uid: str, channel: str) -> Key:
         validation.check_uid(uid)
         validation.check_channel(channel)
-        return Key(uid, channel)
+        # Interned: the stored keys then share one string per receiver name.
+        return Key(uid, sys.intern(channel))

@@ -7,6 +7,10 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
+
+# One shared empty mapping: a default that costs no memory per record.
+EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +46,7 @@ class Notification:
     subject: str
     body: str = ""
     priority: Priority = Priority.UNSPECIFIED
-    metadata: Mapping[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     links: tuple[Link, ...] = ()
 
     def canonical(self) -> dict[str, object]:
@@ -100,7 +104,7 @@ class Receipt:
     """What the receiver answered to a successful attempt."""
 
     reference: str
-    details: Mapping[str, str] = field(default_factory=dict)
+    details: Mapping[str, str] = field(default_factory=lambda: EMPTY)
 
 
 @dataclass(slots=True)

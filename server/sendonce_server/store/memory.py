@@ -27,7 +27,9 @@ class MemoryStore:
         # apart because their shorter grace would break that order.
         self._live: OrderedDict[Key, Record] = OrderedDict()
         self._tombstones: OrderedDict[Key, Record] = OrderedDict()
-        self._channels_by_uid: dict[str, set[str]] = {}
+        # Most uids have one channel: then the channel itself stands for the set (a set costs
+        # about 200 bytes a record).
+        self._channels_by_uid: dict[str, str | set[str]] = {}
         self._watchers = KeyWatchers[Key]()
 
     def __len__(self) -> int:
@@ -51,7 +53,7 @@ class MemoryStore:
     async def clear(
         self, uid: str, channels: Sequence[str], force: bool, now: float
     ) -> tuple[list[str], list[str]]:
-        known = self._channels_by_uid.get(uid, set())
+        known = self._channels(uid)
         targets = sorted(known.intersection(channels) if channels else known)
         cleared: list[str] = []
         running: list[str] = []
@@ -94,18 +96,33 @@ class MemoryStore:
         other.pop(key, None)
         home[key] = record
         home.move_to_end(key)
-        self._channels_by_uid.setdefault(key.uid, set()).add(key.channel)
+        known = self._channels_by_uid.get(key.uid)
+        if known is None:
+            self._channels_by_uid[key.uid] = key.channel
+        elif isinstance(known, str):
+            if known != key.channel:
+                self._channels_by_uid[key.uid] = {known, key.channel}
+        else:
+            known.add(key.channel)
         self._watchers.notify(key)
         self._sweep(now)
 
     def _delete(self, key: Key) -> None:
         self._live.pop(key, None)
         self._tombstones.pop(key, None)
-        channels = self._channels_by_uid.get(key.uid)
-        if channels is not None:
-            channels.discard(key.channel)
-            if not channels:
-                del self._channels_by_uid[key.uid]
+        known = self._channels_by_uid.get(key.uid)
+        if known == key.channel:
+            del self._channels_by_uid[key.uid]
+        elif isinstance(known, set):
+            known.discard(key.channel)
+            if len(known) == 1:
+                self._channels_by_uid[key.uid] = known.pop()
+
+    def _channels(self, uid: str) -> set[str]:
+        known = self._channels_by_uid.get(uid)
+        if known is None:
+            return set()
+        return {known} if isinstance(known, str) else set(known)
 
     def _sweep(self, now: float) -> None:
         for records in (self._live, self._tombstones):
