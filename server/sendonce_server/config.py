@@ -17,7 +17,7 @@ from .redaction import RedactionConfig
 
 DAY = 86_400.0
 SQLITE_PREFIX = "sqlite://"
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 
 
 class ConfigError(Exception):
@@ -50,7 +50,8 @@ class ServerSettings(BaseSettings):
         "memory",
         description="Where delivery state lives: memory (one process); "
         "sqlite:///absolute/path.db (sqlite://relative.db) to survive restarts; "
-        "redis://[:password@]host:port/db or rediss:// (TLS) to share it between replicas",
+        "redis://[:password@]host:port/db, rediss:// (TLS) or redis+cluster://host:port "
+        "(Redis Cluster) to share it between replicas",
     )
     max_body_bytes: int = Field(
         64 * 1024, gt=0, le=4 * 1024 * 1024, description="Largest notification body accepted"
@@ -113,7 +114,7 @@ class ServerSettings(BaseSettings):
         scheme = value.partition("://")[0] if "://" in value else value[:20]
         raise ValueError(
             f"unsupported store {scheme!r}: use memory, sqlite:///path/to/state.db, "
-            "redis://host:port/db or rediss://host:port/db"
+            "redis://host:port/db, rediss://host:port/db or redis+cluster://host:port"
         )
 
     @property

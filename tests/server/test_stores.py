@@ -24,12 +24,14 @@ def webhook(receiver: HttpReceiver) -> dict[str, object]:
     return {"receivers": [{"name": "hook", "type": "webhook", "settings": {"url": receiver.url}}]}
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "redis-cluster"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite://{tmp_path}/state.db"
     if request.param == "redis":
         return str(request.getfixturevalue("redis_url"))
+    if request.param == "redis-cluster":
+        return str(request.getfixturevalue("redis_cluster_url"))
     return "memory"
 
 

@@ -47,8 +47,9 @@ def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Sto
     if kind == "sqlite":
         return SqliteStore(tmp_path / "state.db", retention=RETENTION, clear_grace=GRACE)
     # The tests' clock runs ahead of Redis's, so the scripts take the tests' time.
+    url = request.getfixturevalue("redis_cluster_url" if kind == "redis-cluster" else "redis_url")
     return RedisStore(
-        request.getfixturevalue("redis_url"),
+        url,
         retention=RETENTION,
         clear_grace=GRACE,
         prefix=f"test-{uuid.uuid4().hex}:",
@@ -56,7 +57,7 @@ def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Sto
     )
 
 
-@pytest_asyncio.fixture(params=["memory", "sqlite", "redis"])
+@pytest_asyncio.fixture(params=["memory", "sqlite", "redis", "redis-cluster"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     store = make_store(request.param, request, tmp_path)
     yield store

@@ -33,6 +33,8 @@ class RedisServer:
     # Log every write to an append-only file, fsynced before Redis answers it, so a kill -9
     # and a start() on the same workdir lose no acknowledged write.
     durable: bool = False
+    # A node of a Redis Cluster (its config file lives in the workdir).
+    cluster: bool = False
 
     @property
     def url(self) -> str:
@@ -51,6 +53,7 @@ class RedisServer:
                 "--dir",
                 str(self.workdir),
                 *self._persistence(),
+                *(["--cluster-enabled", "yes"] if self.cluster else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -121,3 +124,47 @@ def durable_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A three-master Redis Cluster of this test run, as a redis+cluster:// URL."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        _missing("redis-server and redis-cli are needed for a Redis Cluster")
+    nodes = [
+        RedisServer(free_port(), tmp_path_factory.mktemp(f"cluster-{n}"), cluster=True)
+        for n in range(3)
+    ]
+    try:
+        for node in nodes:
+            node.start()
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{node.port}" for node in nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        deadline = time.monotonic() + 20
+        while (
+            b"cluster_state:ok"
+            not in subprocess.run(
+                ["redis-cli", "-p", str(nodes[0].port), "cluster", "info"],
+                capture_output=True,
+                check=True,
+            ).stdout
+        ):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.05)  # the nodes gossip the new slots; nothing announces the end
+        yield f"redis+cluster://127.0.0.1:{nodes[0].port}"
+    finally:
+        for node in nodes:
+            node.stop()

@@ -18,6 +18,7 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import BusyLoadingError, ReadOnlyError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -48,6 +49,8 @@ _UNREACHABLE = (
     ReadOnlyError,  # a replica, or a primary demoted by a failover: no write can be recorded
     OSError,
 )
+# A Redis Cluster: redis+cluster://host:port (any node; the others are discovered).
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 _VERDICTS = {
     "already_delivered": Outcome.ALREADY_DELIVERED,
     "failed_permanent": Outcome.FAILED_PERMANENT,
@@ -73,12 +76,22 @@ class RedisStore:
         self.clear_grace = clear_grace
         self.prefix = prefix
         self.server_time = server_time
-        self._redis: aioredis.Redis = aioredis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            health_check_interval=30,
-        )
+        self._redis: aioredis.Redis | RedisCluster
+        if url.startswith(CLUSTER_SCHEMES):
+            # Every key of a notification shares its {uid} hash tag, so each script call
+            # touches one slot and is routed to the node that owns it.
+            self._redis = RedisCluster.from_url(
+                url.replace("+cluster", "", 1),
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+            )
+        else:
+            self._redis = aioredis.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                health_check_interval=30,
+            )
         self._script = self._redis.register_script(_SCRIPT)
         self._changes = f"{prefix}changes"
         self._watchers = KeyWatchers[str]()
@@ -209,6 +222,8 @@ class RedisStore:
         one more call UNAVAILABLE, fail one more health check, or lose one more attempt's
         result. Closed now, each reconnects when next used.
         """
+        if isinstance(self._redis, RedisCluster):
+            return  # the cluster client drops and rediscovers failed nodes itself
         with contextlib.suppress(RedisError, OSError):
             await self._redis.connection_pool.disconnect(inuse_connections=False)
 
