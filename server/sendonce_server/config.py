@@ -17,7 +17,14 @@ from .redaction import RedactionConfig
 
 DAY = 86_400.0
 SQLITE_PREFIX = "sqlite://"
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+REDIS_SCHEMES = (
+    "redis://",
+    "rediss://",
+    "unix://",
+    "redis+cluster://",
+    "rediss+cluster://",
+    "redis+sentinel://",
+)
 
 
 class ConfigError(Exception):
@@ -50,8 +57,9 @@ class ServerSettings(BaseSettings):
         "memory",
         description="Where delivery state lives: memory (one process); "
         "sqlite:///absolute/path.db (sqlite://relative.db) to survive restarts; "
-        "redis://[:password@]host:port/db, rediss:// (TLS) or redis+cluster://host:port "
-        "(Redis Cluster) to share it between replicas",
+        "redis://[:password@]host:port/db, rediss:// (TLS), redis+cluster://host:port "
+        "(Redis Cluster) or redis+sentinel://host:port[,host:port]/service[/db] (Sentinel) "
+        "to share it between replicas",
     )
     max_body_bytes: int = Field(
         64 * 1024, gt=0, le=4 * 1024 * 1024, description="Largest notification body accepted"
@@ -114,7 +122,8 @@ class ServerSettings(BaseSettings):
         scheme = value.partition("://")[0] if "://" in value else value[:20]
         raise ValueError(
             f"unsupported store {scheme!r}: use memory, sqlite:///path/to/state.db, "
-            "redis://host:port/db, rediss://host:port/db or redis+cluster://host:port"
+            "redis://host:port/db, rediss://host:port/db, redis+cluster://host:port or "
+            "redis+sentinel://host:port/service"
         )
 
     @property

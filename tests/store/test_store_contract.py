@@ -47,7 +47,8 @@ def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Sto
     if kind == "sqlite":
         return SqliteStore(tmp_path / "state.db", retention=RETENTION, clear_grace=GRACE)
     # The tests' clock runs ahead of Redis's, so the scripts take the tests' time.
-    url = request.getfixturevalue("redis_cluster_url" if kind == "redis-cluster" else "redis_url")
+    fixture = {"redis-cluster": "redis_cluster_url", "redis-sentinel": "redis_sentinel_url"}
+    url = request.getfixturevalue(fixture.get(kind, "redis_url"))
     return RedisStore(
         url,
         retention=RETENTION,
@@ -57,7 +58,7 @@ def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Sto
     )
 
 
-@pytest_asyncio.fixture(params=["memory", "sqlite", "redis", "redis-cluster"])
+@pytest_asyncio.fixture(params=["memory", "sqlite", "redis", "redis-cluster", "redis-sentinel"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     store = make_store(request.param, request, tmp_path)
     yield store

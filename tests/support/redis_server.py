@@ -168,3 +168,38 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     finally:
         for node in nodes:
             node.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis master watched by one Sentinel, as a redis+sentinel:// URL."""
+    if shutil.which("redis-server") is None:
+        _missing("redis-server is needed for a Redis Sentinel")
+    master = RedisServer(free_port(), tmp_path_factory.mktemp("sentinel-master"))
+    workdir = tmp_path_factory.mktemp("sentinel")
+    port = free_port()
+    config = workdir / "sentinel.conf"  # Sentinel rewrites its own configuration file
+    config.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
+        f"sentinel monitor sendonce 127.0.0.1 {master.port} 1\n"
+    )
+    sentinel = None
+    try:
+        master.start()
+        sentinel = subprocess.Popen(
+            ["redis-server", str(config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        asked = ["redis-cli", "-p", str(port), "sentinel", "get-master-addr-by-name", "sendonce"]
+        while str(master.port).encode() not in subprocess.run(asked, capture_output=True).stdout:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the Sentinel did not come to know its master")
+            time.sleep(0.05)  # a starting sentinel announces nothing to await
+        yield f"redis+sentinel://127.0.0.1:{port}/sendonce"
+    finally:
+        if sentinel is not None:
+            sentinel.kill()
+            sentinel.wait()
+        master.stop()

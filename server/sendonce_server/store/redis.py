@@ -16,9 +16,11 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import BusyLoadingError, ReadOnlyError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -51,6 +53,8 @@ _UNREACHABLE = (
 )
 # A Redis Cluster: redis+cluster://host:port (any node; the others are discovered).
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+# Sentinel: redis+sentinel://[:password@]host:port[,host:port...]/service-name[/db]
+SENTINEL_SCHEME = "redis+sentinel://"
 _VERDICTS = {
     "already_delivered": Outcome.ALREADY_DELIVERED,
     "failed_permanent": Outcome.FAILED_PERMANENT,
@@ -77,7 +81,9 @@ class RedisStore:
         self.prefix = prefix
         self.server_time = server_time
         self._redis: aioredis.Redis | RedisCluster
-        if url.startswith(CLUSTER_SCHEMES):
+        if url.startswith(SENTINEL_SCHEME):
+            self._redis = _sentinel_master(url, timeout)
+        elif url.startswith(CLUSTER_SCHEMES):
             # Every key of a notification shares its {uid} hash tag, so each script call
             # touches one slot and is routed to the node that owns it.
             self._redis = RedisCluster.from_url(
@@ -260,6 +266,34 @@ class RedisStore:
 def _ended(listener: asyncio.Task[None]) -> None:
     if not listener.cancelled() and (error := listener.exception()) is not None:
         log.debug("redis change subscription ended: %s", _reason(error))
+
+
+def _sentinel_master(url: str, timeout: float) -> aioredis.Redis:
+    """A client of the master that the sentinels name; it follows failovers by itself."""
+    parts = urlsplit(url)
+    path = [part for part in parts.path.split("/") if part]
+    if not path:
+        raise ValueError("a sentinel URL names the service: redis+sentinel://host:port/name")
+    hosts = parts.netloc.rpartition("@")[2]
+    sentinels = []
+    for host in hosts.split(","):
+        name, _, port = host.rpartition(":")
+        sentinels.append((name or host, int(port) if port.isdigit() else 26379))
+    password = unquote(parts.password) if parts.password else None
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinels,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+    )
+    master: aioredis.Redis = sentinel.master_for(
+        path[0],
+        password=password,
+        db=int(path[1]) if len(path) > 1 else 0,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+    )
+    return master
 
 
 def _text(value: bytes | str) -> str:
