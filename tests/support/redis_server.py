@@ -23,6 +23,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (the port + 10000) is valid and free too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
 @dataclass
 class RedisServer:
     """A redis-server process this test run owns; it can be stopped and started again."""
@@ -66,6 +80,10 @@ class RedisServer:
                     if conn.recv(16).startswith(b"+PONG"):
                         return
             except OSError:
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"redis-server on port {self.port} exited with {self.process.returncode}"
+                    ) from None
                 if time.monotonic() > deadline:
                     raise
             time.sleep(0.01)  # a process starting up announces nothing to await
@@ -132,7 +150,7 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
         _missing("redis-server and redis-cli are needed for a Redis Cluster")
     nodes = [
-        RedisServer(free_port(), tmp_path_factory.mktemp(f"cluster-{n}"), cluster=True)
+        RedisServer(free_cluster_port(), tmp_path_factory.mktemp(f"cluster-{n}"), cluster=True)
         for n in range(3)
     ]
     try:
