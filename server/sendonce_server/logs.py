@@ -11,6 +11,8 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from logging.handlers import QueueHandler, QueueListener
+from queue import SimpleQueue
 from typing import Any
 
 from opentelemetry import trace
@@ -56,13 +58,22 @@ class TraceIdFilter(logging.Filter):
         return True
 
 
-def configure(level: str, form: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def configure(level: str, form: str = "text") -> QueueListener:
+    """Log to stderr from a thread of its own: the event loop only formats and enqueues.
+
+    Returns the listener; `stop()` it at exit to flush what is queued.
+    """
+    output = logging.StreamHandler(sys.stderr)
+    queued = QueueHandler(SimpleQueue())
     if form == "json":
-        handler.setFormatter(JsonFormatter())
+        queued.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(KeyValueFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(TraceIdFilter())
+        queued.setFormatter(KeyValueFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # Read where the record is made: the trace id lives in the caller's context.
+    queued.addFilter(TraceIdFilter())
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [queued]
     root.setLevel(level.upper())
+    listener = QueueListener(queued.queue, output)
+    listener.start()
+    return listener
