@@ -14,17 +14,9 @@ from .api.validation import CHANNEL_PATTERN
 from .engine.breaker import BreakerSettings
 from .engine.policy import MAX_ATTEMPTS, MIN_ATTEMPTS, PolicyError, RetryPolicy
 from .redaction import RedactionConfig
+from .store.urls import REDIS_SCHEMES, SQLITE_PREFIX
 
 DAY = 86_400.0
-SQLITE_PREFIX = "sqlite://"
-REDIS_SCHEMES = (
-    "redis://",
-    "rediss://",
-    "unix://",
-    "redis+cluster://",
-    "rediss+cluster://",
-    "redis+sentinel://",
-)
 
 
 class ConfigError(Exception):

@@ -33,7 +33,8 @@ from .config import (
 from .engine.engine import Engine, EngineSettings, Receiver
 from .health import follow_store
 from .security import TokenAuth, read_secret, server_credentials
-from .store.factory import build_store, display_url
+from .store.factory import build_store
+from .store.urls import display_url
 
 if TYPE_CHECKING:
     from .telemetry import Telemetry

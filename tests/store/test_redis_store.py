@@ -13,12 +13,15 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from sendonce_server.channels.base import SendResult
+from sendonce_server.config import ServerSettings
 from sendonce_server.engine.decisions import Completion, Reserved, ReserveRequest
 from sendonce_server.engine.engine import Engine, EngineSettings, Receiver
 from sendonce_server.engine.model import AttemptResult, Key, Notification, Outcome
 from sendonce_server.engine.policy import RetryPolicy
+from sendonce_server.server import start
 from sendonce_server.store.base import StoreUnavailable
 from sendonce_server.store.redis import RedisStore
+from sendonce_server.store.urls import display_url
 from tests.support.redis_server import free_port
 from tests.support.scripted_channel import ScriptedChannel
 
@@ -145,3 +148,32 @@ async def test_a_stale_completion_cannot_undo_a_success(store: RedisStore) -> No
 
     assert record is not None
     assert record.status.value == "delivered"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:s3cret-pass@10.0.0.1:6379/0",
+        "redis://admin:s3cret-pass@redis:6379/0",
+        "redis+sentinel://:s3cret-pass@sentinel:26379/sendonce",
+    ],
+)
+def test_store_urls_are_logged_without_their_password(url: str) -> None:
+    shown = display_url(url)
+
+    assert "s3cret" not in shown
+    assert "***@" in shown
+
+
+async def test_a_sidecar_on_an_unreachable_redis_never_logs_its_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = f"redis://:s3cret-pass@127.0.0.1:{free_port()}/0"
+    settings = ServerSettings(listen="127.0.0.1:0", store=url, store_check_interval=0.05)
+    sidecar = await start(settings)
+    try:
+        assert "store" in caplog.text
+    finally:
+        await sidecar.stop()
+
+    assert "s3cret" not in caplog.text

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-from ..config import SQLITE_PREFIX
 from .base import Store
 from .memory import MemoryStore
+from .urls import SQLITE_PREFIX
 
 
 def build_store(url: str, *, retention: float, clear_grace: float) -> Store:
@@ -22,15 +21,3 @@ def build_store(url: str, *, retention: float, clear_grace: float) -> Store:
     from .redis import RedisStore
 
     return RedisStore(url, retention=retention, clear_grace=clear_grace)
-
-
-def display_url(url: str) -> str:
-    """The store URL fit for logs and errors: a password in it is replaced."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = f"{parts.username}:" if parts.username else ":"
-    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))

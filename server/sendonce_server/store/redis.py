@@ -37,6 +37,7 @@ from ..engine.decisions import (
 from ..engine.model import Key, Outcome, Record
 from . import codec
 from .base import StoreUnavailable
+from .urls import CLUSTER_SCHEMES, SENTINEL_SCHEME
 from .watchers import KeyWatchers
 
 log = logging.getLogger("sendonce.store")
@@ -51,10 +52,6 @@ _UNREACHABLE = (
     ReadOnlyError,  # a replica, or a primary demoted by a failover: no write can be recorded
     OSError,
 )
-# A Redis Cluster: redis+cluster://host:port (any node; the others are discovered).
-CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
-# Sentinel: redis+sentinel://[:password@]host:port[,host:port...]/service-name[/db]
-SENTINEL_SCHEME = "redis+sentinel://"
 _VERDICTS = {
     "already_delivered": Outcome.ALREADY_DELIVERED,
     "failed_permanent": Outcome.FAILED_PERMANENT,
