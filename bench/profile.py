@@ -9,13 +9,15 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 
 def available() -> str | None:
-    return shutil.which("py-spy")
+    # Installed into the bench's own venv, py-spy sits beside its interpreter, maybe not on PATH.
+    return shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
 
 
 def record(

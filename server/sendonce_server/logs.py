@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
+import time
+from collections import deque
 from datetime import UTC, datetime
-from logging.handlers import QueueHandler, QueueListener
-from queue import SimpleQueue
-from typing import Any
+from typing import Any, TextIO
 
 from opentelemetry import trace
 
@@ -58,22 +59,84 @@ class TraceIdFilter(logging.Filter):
         return True
 
 
-def configure(level: str, form: str = "text") -> QueueListener:
-    """Log to stderr from a thread of its own: the event loop only formats and enqueues.
+class BatchedStreamHandler(logging.Handler):
+    """Formats on the caller's thread; a writer thread writes the lines in batches.
 
-    Returns the listener; `stop()` it at exit to flush what is queued.
+    The event loop never waits on stderr (a slow log reader cannot stall deliveries), and the
+    writer wakes at most once per `delay`: a thread woken for every line would take the GIL
+    from the loop for each one (that hand-off cost more than writing the line itself).
     """
-    output = logging.StreamHandler(sys.stderr)
-    queued = QueueHandler(SimpleQueue())
+
+    def __init__(self, stream: TextIO, delay: float = 0.01) -> None:
+        super().__init__()
+        self._stream = stream
+        self._delay = delay
+        self._lines: deque[str] = deque()
+        self._pending = threading.Event()
+        self._stopping = False
+        self._writer = threading.Thread(
+            target=self._write_batches, name="sendonce-log", daemon=True
+        )
+        self._writer.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+            if self._stopping:  # the writer is gone: at exit, write at once
+                self._stream.write(line)
+                return
+            self._lines.append(line)
+        except Exception:
+            self.handleError(record)
+            return
+        if not self._pending.is_set():
+            self._pending.set()
+
+    def close(self) -> None:
+        """Writes what is buffered and stops the writer."""
+        if not self._stopping:
+            self._stopping = True
+            self._pending.set()
+            self._writer.join()
+        super().close()
+
+    def _write_batches(self) -> None:
+        while True:
+            self._pending.wait()
+            if not self._stopping:
+                time.sleep(self._delay)  # let the lines of this moment gather
+            # Cleared before draining: a line appended after the drain sets it again.
+            self._pending.clear()
+            lines = []
+            while self._lines:
+                lines.append(self._lines.popleft())
+            if lines:
+                try:
+                    self._stream.write("".join(lines))
+                    self._stream.flush()
+                except (OSError, ValueError):
+                    pass  # stderr is gone (closed pipe): nothing left to tell it to
+            if self._stopping and not self._lines:
+                return
+
+
+def configure(level: str, form: str = "text", stream: TextIO | None = None) -> logging.Handler:
+    """Log to stderr (or `stream`); the caller's thread only formats and buffers.
+
+    Returns the handler; `close()` it at exit to write what is buffered.
+    """
+    # No formatter here prints thread or process names: don't look them up for every record.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    handler = BatchedStreamHandler(sys.stderr if stream is None else stream)
     if form == "json":
-        queued.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter())
     else:
-        queued.setFormatter(KeyValueFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(KeyValueFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     # Read where the record is made: the trace id lives in the caller's context.
-    queued.addFilter(TraceIdFilter())
+    handler.addFilter(TraceIdFilter())
     root = logging.getLogger()
-    root.handlers[:] = [queued]
+    root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    listener = QueueListener(queued.queue, output)
-    listener.start()
-    return listener
+    return handler

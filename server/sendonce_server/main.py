@@ -24,14 +24,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as error:
         print(f"sendonce-server: invalid settings:\n{describe(error)}", file=sys.stderr)
         return 2
-    listener = logs.configure(settings.log_level, settings.log_format)
+    handler = logs.configure(settings.log_level, settings.log_format)
     try:
         return asyncio.run(serve(settings))
     except ConfigError as error:
         log.error("%s", error)
         return 2
     finally:
-        listener.stop()
+        handler.close()
 
 
 if __name__ == "__main__":

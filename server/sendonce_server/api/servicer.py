@@ -56,14 +56,33 @@ def _timeout(context: grpc.aio.ServicerContext[object, object]) -> float | None:
     return max(0.0, remaining - _DEADLINE_MARGIN)
 
 
+class CallGate:
+    """Once closed, the service answers new calls UNAVAILABLE before doing anything.
+
+    The server itself keeps running while attempts drain: health answers NOT_SERVING and a
+    caller gets a status it may retry. (Calls still queued when gRPC core shuts down would get
+    CANCELLED instead, grpc/grpc#41785.) A flag the servicer reads, not an interceptor: with
+    no interceptor configured, grpc skips that machinery for every call.
+    """
+
+    def __init__(self) -> None:
+        self.closed = False
+
+
+_SHUTTING_DOWN = "sendonce-server is shutting down; nothing was sent"
+
+
 class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
-    def __init__(self, engine: Engine, limits: Limits) -> None:
+    def __init__(self, engine: Engine, limits: Limits, gate: CallGate | None = None) -> None:
         self.engine = engine
         self.limits = limits
+        self.gate = gate if gate is not None else CallGate()
 
     async def Deliver(
         self, request: pb.DeliverRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> pb.DeliverResponse:
+        if self.gate.closed:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
         try:
             with _translated_errors():
                 key = self._key(request.uid, request.channel)
@@ -86,6 +105,8 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
     async def AttemptCount(
         self, request: pb.AttemptCountRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> pb.AttemptCountResponse:
+        if self.gate.closed:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
         try:
             with _translated_errors():
                 key = self._key(request.uid, request.channel)
@@ -97,6 +118,8 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
     async def Clear(
         self, request: pb.ClearRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> pb.ClearResponse:
+        if self.gate.closed:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
         try:
             with _translated_errors():
                 validation.check_uid(request.uid)

@@ -1,0 +1,89 @@
+"""The log handler: the caller only formats and buffers; a writer thread writes in batches."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from sendonce_server import logs
+
+
+class RecordingStream(io.StringIO):
+    """Counts writes; while `held` is clear, a write blocks (a log reader that stalls)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+        self.held = threading.Event()
+        self.held.set()
+        self.blocked = threading.Event()
+        self.stalled_a_caller = False
+
+    def write(self, text: str) -> int:
+        if not self.held.is_set():
+            self.blocked.set()
+            # Bounded, so a handler that writes on the caller's thread fails the test, not hangs.
+            if not self.held.wait(5) and threading.current_thread() is threading.main_thread():
+                self.stalled_a_caller = True
+        self.writes += 1
+        return super().write(text)
+
+
+@pytest.fixture
+def stream() -> Iterator[RecordingStream]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield RecordingStream()
+    for handler in root.handlers:
+        handler.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_every_line_is_written_in_order_with_its_fields(stream: RecordingStream) -> None:
+    handler = logs.configure("info", "json", stream)
+    log = logging.getLogger("sendonce.test")
+    for number in range(500):
+        log.info("attempt finished", extra={"attempt": number, "receiver": "ops"})
+    log.debug("not at this level")
+    handler.close()
+
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["attempt"] for line in lines] == list(range(500))
+    assert lines[0]["message"] == "attempt finished"
+    assert lines[0]["receiver"] == "ops"
+    assert lines[0]["level"] == "info"
+    # Batched: far fewer writes than lines (one per batch, not one per line).
+    assert stream.writes < 50
+
+
+def test_a_stalled_stream_never_blocks_the_caller(stream: RecordingStream) -> None:
+    handler = logs.configure("info", "text", stream)
+    log = logging.getLogger("sendonce.test")
+    stream.held.clear()
+    log.info("first")
+    assert stream.blocked.wait(5), "the writer never tried to write"
+    # The writer is stuck inside write(); the caller still logs at once.
+    for number in range(1000):
+        log.info("line %d", number)
+    assert not stream.held.is_set()
+    assert not stream.stalled_a_caller
+    stream.held.set()
+    handler.close()
+
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1001
+    assert lines[-1].endswith("line 999")
+
+
+def test_a_line_logged_after_close_is_still_written(stream: RecordingStream) -> None:
+    handler = logs.configure("info", "text", stream)
+    handler.close()
+    logging.getLogger("sendonce.test").warning("at exit")
+    assert stream.getvalue().splitlines()[-1].endswith("at exit")
+    assert not any(thread.name == "sendonce-log" for thread in threading.enumerate())
