@@ -7,6 +7,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 
@@ -87,3 +88,16 @@ def test_a_line_logged_after_close_is_still_written(stream: RecordingStream) -> 
     logging.getLogger("sendonce.test").warning("at exit")
     assert stream.getvalue().splitlines()[-1].endswith("at exit")
     assert not any(thread.name == "sendonce-log" for thread in threading.enumerate())
+
+
+@pytest.mark.parametrize("created", [1_700_000_000.0, 1_700_000_000.9995, 1_700_000_001.25])
+def test_timestamps_read_as_logging_and_iso_8601_write_them(created: float) -> None:
+    record = logging.makeLogRecord({"msg": "x"})
+    record.created, record.msecs = created, (created - int(created)) * 1000 // 1
+    text = logs.KeyValueFormatter("%(asctime)s %(message)s")
+    plain = logging.Formatter("%(asctime)s %(message)s")
+    for _ in range(2):  # the second line of a second comes from the cache
+        assert text.format(record) == plain.format(record)
+        entry = json.loads(logs.JsonFormatter().format(record))
+        expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+        assert entry["time"] == expected

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -26,7 +27,32 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return {name: value for name, value in vars(record).items() if name not in _STANDARD}
 
 
+class _SecondCache:
+    """The text of the current second, made once a second instead of once a line."""
+
+    def __init__(self, render: Callable[[int], str]) -> None:
+        self._render = render
+        self._last: tuple[int, str] = (-1, "")
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        last = self._last
+        if last[0] != second:
+            last = self._last = (second, self._render(second))
+        return last[1]
+
+
 class KeyValueFormatter(logging.Formatter):
+    def __init__(self, fmt: str) -> None:
+        super().__init__(fmt)
+        self._second = _SecondCache(
+            lambda second: time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
+        )
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        # As logging's default ("2026-11-29 05:11:10,123"), without a strftime per line.
+        return f"{self._second(record.created)},{int(record.msecs):03d}"
+
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         fields = " ".join(f"{name}={value}" for name, value in _fields(record).items())
@@ -36,9 +62,16 @@ class KeyValueFormatter(logging.Formatter):
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and the structured fields."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = _SecondCache(
+            lambda second: datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        )
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            # ISO 8601 in UTC with milliseconds: "2026-11-29T05:11:10.123+00:00".
+            "time": f"{self._second(record.created)}.{int(record.msecs):03d}+00:00",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import grpc
 
@@ -25,28 +23,21 @@ log = logging.getLogger("sendonce.api")
 _DEADLINE_MARGIN = 0.05
 
 
-class _Abort(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
+# Refusals become status codes that say what to fix. A failed delivery is never one.
+_REFUSALS = (InvalidInput, UnknownChannel, PayloadMismatch, StoreUnavailable)
 
 
-@contextmanager
-def _translated_errors() -> Iterator[None]:
-    """Refusals become status codes that say what to fix. A failed delivery is never one."""
-    try:
-        yield
-    except InvalidInput as error:
-        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
-    except UnknownChannel as error:
-        raise _Abort(grpc.StatusCode.NOT_FOUND, str(error)) from None
-    except PayloadMismatch as error:
-        raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, str(error)) from None
-    except StoreUnavailable as error:
-        raise _Abort(
-            grpc.StatusCode.UNAVAILABLE, f"delivery state store unavailable: {error}; nothing sent"
-        ) from None
+def _status(error: Exception) -> tuple[grpc.StatusCode, str]:
+    if isinstance(error, InvalidInput):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(error)
+    if isinstance(error, UnknownChannel):
+        return grpc.StatusCode.NOT_FOUND, str(error)
+    if isinstance(error, PayloadMismatch):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(error)
+    return (
+        grpc.StatusCode.UNAVAILABLE,
+        f"delivery state store unavailable: {error}; nothing sent",
+    )
 
 
 def _timeout(context: grpc.aio.ServicerContext[object, object]) -> float | None:
@@ -84,22 +75,21 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
         if self.gate.closed:
             await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
         try:
-            with _translated_errors():
-                key = self._key(request.uid, request.channel)
-                if not request.HasField("notification"):
-                    raise InvalidInput("notification", "is required")
-                notification = convert.notification(request.notification, self.limits)
-                receiver = self.engine.receiver(key.channel)
-                policy = convert.retry_policy(request, receiver.policy)
-                result = await self.engine.deliver(
-                    key,
-                    notification,
-                    policy,
-                    persisted_attempts=request.persisted_attempts,
-                    timeout=_timeout(context),
-                )
-        except _Abort as abort:
-            await context.abort(abort.code, abort.details)
+            key = self._key(request.uid, request.channel)
+            if not request.HasField("notification"):
+                raise InvalidInput("notification", "is required")
+            notification = convert.notification(request.notification, self.limits)
+            receiver = self.engine.receiver(key.channel)
+            policy = convert.retry_policy(request, receiver.policy)
+            result = await self.engine.deliver(
+                key,
+                notification,
+                policy,
+                persisted_attempts=request.persisted_attempts,
+                timeout=_timeout(context),
+            )
+        except _REFUSALS as error:
+            await context.abort(*_status(error))
         return convert.deliver_response(result)
 
     async def AttemptCount(
@@ -108,11 +98,10 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
         if self.gate.closed:
             await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
         try:
-            with _translated_errors():
-                key = self._key(request.uid, request.channel)
-                state = await self.engine.attempt_count(key, request.persisted_attempts)
-        except _Abort as abort:
-            await context.abort(abort.code, abort.details)
+            key = self._key(request.uid, request.channel)
+            state = await self.engine.attempt_count(key, request.persisted_attempts)
+        except _REFUSALS as error:
+            await context.abort(*_status(error))
         return convert.attempt_count_response(state)
 
     async def Clear(
@@ -121,13 +110,12 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
         if self.gate.closed:
             await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
         try:
-            with _translated_errors():
-                validation.check_uid(request.uid)
-                for index, channel in enumerate(request.channels):
-                    validation.check_channel(channel, f"channels[{index}]")
-                result = await self.engine.clear(request.uid, list(request.channels), request.force)
-        except _Abort as abort:
-            await context.abort(abort.code, abort.details)
+            validation.check_uid(request.uid)
+            for index, channel in enumerate(request.channels):
+                validation.check_channel(channel, f"channels[{index}]")
+            result = await self.engine.clear(request.uid, list(request.channels), request.force)
+        except _REFUSALS as error:
+            await context.abort(*_status(error))
         return convert.clear_response(result)
 
     @staticmethod

@@ -321,14 +321,16 @@ class Engine:
         self.breakers[receiver.name].record(sent.status)
         self._after_send(key, lease)
         now = self.clock.now()
-        backoff = policy.backoff(lease.attempt, self._rng)
+        retry_delay = 0.0  # only a retryable failure waits before the next attempt
+        if sent.status is SendStatus.RETRYABLE:
+            retry_delay = max(policy.backoff(lease.attempt, self._rng), sent.retry_after or 0.0)
         completion = Completion(
             attempt=lease.attempt,
             token=lease.token,
             result=_SEND_RESULT[sent.status],
             error=sent.error,
             receipt=sent.receipt,
-            retry_delay=max(backoff, sent.retry_after or 0.0),
+            retry_delay=retry_delay,
         )
         log.info(
             "attempt finished",
@@ -490,7 +492,8 @@ def _own_result(
     """The answer for this caller's attempt, even when the store could not record it."""
     if record is not None:
         result = _attempt_result(completion.result, record, now, completion.attempt)
-        if sent.status is SendStatus.SUCCESS:
+        if sent.status is SendStatus.SUCCESS and result.receipt is not sent.receipt:
+            # Our own receipt, even if an older holder's late success was recorded first.
             return replace(result, receipt=sent.receipt)
         return result
     retry_after = completion.retry_delay

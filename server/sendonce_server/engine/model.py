@@ -8,14 +8,18 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import NamedTuple
 
 # One shared empty mapping: a default that costs no memory per record.
 EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True)
-class Key:
-    """A delivery is identified by the notification's uid and the receiver (channel) name."""
+class Key(NamedTuple):
+    """A delivery is identified by the notification's uid and the receiver (channel) name.
+
+    A named tuple, not a dataclass: a key is hashed a dozen times per Deliver (flights, store,
+    watchers), and a tuple hashes in C.
+    """
 
     uid: str
     channel: str
