@@ -1,20 +1,99 @@
-"""The embedded default store: fastest, and its state dies with the process."""
+"""The embedded default store: fastest, and its state dies with the process.
+
+Memory per record is what limits it (a sidecar may hold a million records for the retention
+week), so records at rest are packed: one `bytes` object per key in a dict keyed by uid, about
+350 bytes a record with the dict's own share, where a record as Python objects (dataclasses,
+a list, floats, a key tuple) took over 800. Packed bytes are also invisible to the garbage
+collector, whose full collections would otherwise walk every record. A record with an attempt
+in flight stays an object until the attempt completes: it changes again soon.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import marshal
 from collections import OrderedDict
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 
 from ..engine import decisions
 from ..engine.decisions import Completion, Decision, ReserveRequest
-from ..engine.model import Key, Record
+from ..engine.model import AttemptEntry, AttemptResult, Key, Lease, Receipt, Record, Status
 from .watchers import KeyWatchers
 
 DAY = 86_400.0
 # Expired records swept per write: amortised O(1), so no background task is needed.
 _SWEEP_PER_WRITE = 4
+
+_STATUSES = tuple(Status)
+_STATUS_INDEX = {status: index for index, status in enumerate(_STATUSES)}
+_RESULTS = tuple(AttemptResult)
+_RESULT_INDEX = {result: index for index, result in enumerate(_RESULTS)}
+
+# The records of one uid at rest: packed bytes for its one channel (the usual case), or a dict
+# by channel when it has several.
+_Packed = bytes | dict[str, bytes]
+
+
+def pack(channel: str, record: Record) -> bytes:
+    """A record as marshalled builtins (C speed both ways); the channel travels with it."""
+    lease = record.lease
+    receipt = record.receipt
+    return marshal.dumps(
+        (
+            channel,
+            record.fingerprint,
+            record.max_attempts,
+            record.attempts,
+            _STATUS_INDEX[record.status],
+            None if lease is None else (lease.attempt, lease.token, lease.expires_at),
+            record.next_attempt_at,
+            record.last_error,
+            None if receipt is None else (receipt.reference, tuple(receipt.details.items())),
+            tuple(
+                (e.number, e.started_at, _RESULT_INDEX[e.result], e.finished_at, e.error, e.token)
+                for e in record.history
+            ),
+            record.fence,
+            record.cleared,
+            record.expires_at,
+        )
+    )
+
+
+def unpack(data: bytes) -> tuple[str, Record]:
+    (
+        channel,
+        fingerprint,
+        max_attempts,
+        attempts,
+        status,
+        lease,
+        next_attempt_at,
+        last_error,
+        receipt,
+        history,
+        fence,
+        cleared,
+        expires_at,
+    ) = marshal.loads(data)  # noqa: S302  # bytes this process packed, never input
+    return channel, Record(
+        fingerprint=fingerprint,
+        max_attempts=max_attempts,
+        attempts=attempts,
+        status=_STATUSES[status],
+        lease=None if lease is None else Lease(*lease),
+        next_attempt_at=next_attempt_at,
+        last_error=last_error,
+        receipt=None if receipt is None else Receipt(receipt[0], dict(receipt[1])),
+        history=[
+            AttemptEntry(number, started, _RESULTS[result], finished, error, token)
+            for number, started, result, finished, error, token in history
+        ],
+        fence=fence,
+        cleared=cleared,
+        expires_at=expires_at,
+    )
 
 
 class MemoryStore:
@@ -23,17 +102,19 @@ class MemoryStore:
     def __init__(self, *, retention: float = 7 * DAY, clear_grace: float = 600.0) -> None:
         self.retention = retention
         self.clear_grace = clear_grace
-        # Ordered by last write, so the oldest (first to expire) sits in front. Tombstones live
-        # apart because their shorter grace would break that order.
-        self._live: OrderedDict[Key, Record] = OrderedDict()
-        self._tombstones: OrderedDict[Key, Record] = OrderedDict()
-        # Most uids have one channel: then the channel itself stands for the set (a set costs
-        # about 200 bytes a record).
-        self._channels_by_uid: dict[str, str | set[str]] = {}
+        # By uid, ordered by last write: the oldest sits in front for the sweep. A tombstone's
+        # shorter grace breaks that order; reads never see it expired, and its (smaller) bytes
+        # go when the sweep reaches them.
+        self._at_rest: OrderedDict[str, _Packed] = OrderedDict()
+        # Records with a lease, as objects; each key is in one of the two, never both.
+        self._leased: dict[Key, Record] = {}
+        # The uid in front of `_at_rest` when last swept, and until when it lives.
+        self._front: tuple[str | None, float] = (None, 0.0)
         self._watchers = KeyWatchers[Key]()
 
     def __len__(self) -> int:
-        return len(self._live) + len(self._tombstones)
+        packed = sum(1 if isinstance(rest, bytes) else len(rest) for rest in self._at_rest.values())
+        return len(self._leased) + packed
 
     async def reserve(self, key: Key, request: ReserveRequest, now: float) -> Decision:
         decision, changed = decisions.decide(self._get(key, now), request, now, self.retention)
@@ -83,53 +164,82 @@ class MemoryStore:
         return None
 
     def _get(self, key: Key, now: float) -> Record | None:
-        record = self._live.get(key) or self._tombstones.get(key)
-        if record is not None and record.expires_at <= now:
+        record = self._leased.get(key)
+        if record is None:
+            rest = self._at_rest.get(key.uid)
+            if rest is None:
+                return None
+            if isinstance(rest, bytes):
+                channel, record = unpack(rest)
+                if channel != key.channel:
+                    return None
+            else:
+                data = rest.get(key.channel)
+                if data is None:
+                    return None
+                record = unpack(data)[1]
+        if record.expires_at <= now:
             self._delete(key)
             return None
         return record
 
     def _put(self, key: Key, record: Record, now: float) -> None:
-        home, other = (
-            (self._tombstones, self._live) if record.cleared else (self._live, self._tombstones)
-        )
-        other.pop(key, None)
-        home[key] = record
-        home.move_to_end(key)
-        known = self._channels_by_uid.get(key.uid)
-        if known is None:
-            self._channels_by_uid[key.uid] = key.channel
-        elif isinstance(known, str):
-            if known != key.channel:
-                self._channels_by_uid[key.uid] = {known, key.channel}
+        if record.lease is not None:
+            self._remove_at_rest(key)
+            self._leased[key] = record
         else:
-            known.add(key.channel)
+            self._leased.pop(key, None)
+            data = pack(key.channel, record)
+            rest = self._at_rest.get(key.uid)
+            if rest is None or (isinstance(rest, bytes) and unpack(rest)[0] == key.channel):
+                self._at_rest[key.uid] = data
+            elif isinstance(rest, bytes):
+                self._at_rest[key.uid] = {unpack(rest)[0]: rest, key.channel: data}
+            else:
+                rest[key.channel] = data
+            self._at_rest.move_to_end(key.uid)
         self._watchers.notify(key)
         self._sweep(now)
 
     def _delete(self, key: Key) -> None:
-        self._live.pop(key, None)
-        self._tombstones.pop(key, None)
-        known = self._channels_by_uid.get(key.uid)
-        if known == key.channel:
-            del self._channels_by_uid[key.uid]
-        elif isinstance(known, set):
-            known.discard(key.channel)
-            if len(known) == 1:
-                self._channels_by_uid[key.uid] = known.pop()
+        self._leased.pop(key, None)
+        self._remove_at_rest(key)
+
+    def _remove_at_rest(self, key: Key) -> None:
+        rest = self._at_rest.get(key.uid)
+        if rest is None:
+            return
+        if isinstance(rest, bytes):
+            if unpack(rest)[0] == key.channel:
+                del self._at_rest[key.uid]
+        elif rest.pop(key.channel, None) is not None and len(rest) == 1:
+            self._at_rest[key.uid] = next(iter(rest.values()))
 
     def _channels(self, uid: str) -> set[str]:
-        known = self._channels_by_uid.get(uid)
-        if known is None:
-            return set()
-        return {known} if isinstance(known, str) else set(known)
+        known = {key.channel for key in self._leased if key.uid == uid}
+        rest = self._at_rest.get(uid)
+        if isinstance(rest, bytes):
+            known.add(unpack(rest)[0])
+        elif rest is not None:
+            known.update(rest)
+        return known
 
     def _sweep(self, now: float) -> None:
-        for records in (self._live, self._tombstones):
-            for _ in range(_SWEEP_PER_WRITE):
-                if not records:
-                    break
-                key, record = next(iter(records.items()))
-                if record.expires_at > now:
-                    break
-                self._delete(key)
+        for _ in range(_SWEEP_PER_WRITE):
+            if not self._at_rest:
+                return
+            uid, rest = next(iter(self._at_rest.items()))
+            front, until = self._front
+            if uid is front and now < until:
+                return  # the oldest record is known to live on: nothing to unpack
+            packed = [rest] if isinstance(rest, bytes) else list(rest.values())
+            records = [unpack(data) for data in packed]
+            live = [record.expires_at for _, record in records if record.expires_at > now]
+            if live:
+                # The sweep stops at the oldest uid still alive; its expired channels go.
+                for channel, record in records:
+                    if record.expires_at <= now:
+                        self._remove_at_rest(Key(uid, channel))
+                self._front = (uid, max(live))
+                return
+            del self._at_rest[uid]
