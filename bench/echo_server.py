@@ -25,6 +25,9 @@ from grpc_health.v1._async import HealthServicer
 from sendonce.v1 import delivery_pb2 as pb
 
 ECHO_METHOD = "/bench.Echo/Call"
+# The same with protobuf both ways, as a generated servicer has it: the floor of any handler
+# that reads its request, before it does anything with it.
+TYPED_METHOD = "/bench.Echo/Typed"
 RESPONSE = pb.DeliverResponse(
     outcome=pb.OUTCOME_DELIVERED,
     attempt=1,
@@ -42,6 +45,20 @@ _OTLP_SERVICES = (
 
 async def _echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
     return RESPONSE
+
+
+async def _typed(
+    request: pb.DeliverRequest,
+    context: grpc.aio.ServicerContext[pb.DeliverRequest, pb.DeliverResponse],
+) -> pb.DeliverResponse:
+    return pb.DeliverResponse(
+        outcome=pb.OUTCOME_DELIVERED,
+        attempt=1,
+        attempts_used=1,
+        max_attempts=5,
+        final=True,
+        receipt=pb.Receipt(reference="noop"),
+    )
 
 
 def _sink(counts: dict[str, int]) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
@@ -79,7 +96,15 @@ async def serve(listen: str, unix_socket: str | None, otlp: bool) -> dict[str, i
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
-                "bench.Echo", {"Call": grpc.unary_unary_rpc_method_handler(_echo)}
+                "bench.Echo",
+                {
+                    "Call": grpc.unary_unary_rpc_method_handler(_echo),
+                    "Typed": grpc.unary_unary_rpc_method_handler(
+                        _typed,
+                        request_deserializer=pb.DeliverRequest.FromString,
+                        response_serializer=pb.DeliverResponse.SerializeToString,
+                    ),
+                },
             ),
         )
     )

@@ -177,11 +177,15 @@ class Bench:
             rows = [self.row("echo", "—", transport)]
             if transport == "tcp":
                 rows.append(self.row("echo", "—", transport, self.options.rate))
+                rows.append(
+                    self.row("typed echo (protobuf in and out)", "—", transport, key="typed-echo")
+                )
             async with self.guarded(*rows):
                 server = await self.echo_server(f"echo-{transport}", transport)
                 self.add(rows[0], server, workloads.echo(_run_id()))
                 if len(rows) > 1:
                     self.add(rows[1], server, workloads.echo(_run_id()), rate=self.options.rate)
+                    self.add(rows[2], server, workloads.typed_echo(_run_id()))
 
     async def setup_unique_memory(self) -> None:
         for transport in self.options.transports:

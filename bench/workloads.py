@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sendonce.v1 import delivery_pb2 as pb
 
-from .echo_server import ECHO_METHOD
+from .echo_server import ECHO_METHOD, TYPED_METHOD
 from .load import Workload
 
 DELIVER = "/sendonce.v1.DeliveryService/Deliver"
@@ -41,6 +41,11 @@ def _found(answer: bytes) -> str:
 def echo(run: int) -> Workload:
     """The same bytes as deliver_unique, to a method that does nothing with them."""
     return Workload(ECHO_METHOD, lambda i: _deliver_request(uid(run, i)), _outcome)
+
+
+def typed_echo(run: int) -> Workload:
+    """The same bytes, parsed into a DeliverRequest and answered with a built DeliverResponse."""
+    return Workload(TYPED_METHOD, lambda i: _deliver_request(uid(run, i)), _outcome)
 
 
 def deliver_unique(run: int) -> Workload:
