@@ -86,15 +86,48 @@ class EngineSettings:
     in_progress_retry_after: float = 1.0
 
 
+class _Expired:
+    """What a waiter gets when its caller's deadline comes first."""
+
+
+_EXPIRED = _Expired()
+_Step = DeliveryResult | Running
+
+
 @dataclass(slots=True)
 class _Flight:
-    """The one running Deliver for a key in this process; concurrent callers join it."""
+    """The one running Deliver for a key in this process; concurrent callers join it.
+
+    Each caller waits on a future of its own, which the flight resolves when it lands: a
+    caller that is cancelled (or whose deadline passes) only gives up its own future, never
+    the flight.
+    """
 
     fingerprint: str
-    task: asyncio.Task[DeliveryResult | Running] = field(init=False)
+    task: asyncio.Task[None] = field(init=False)
     lease: Lease | None = None
     attempts_used: int = 0
     max_attempts: int = 0
+    waiters: list[asyncio.Future[_Step | _Expired]] = field(default_factory=list)
+
+    def land(self, step: _Step) -> None:
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_result(step)
+
+    def fail(self, error: BaseException) -> None:
+        for waiter in self.waiters:
+            if waiter.done():
+                continue
+            if isinstance(error, asyncio.CancelledError):
+                waiter.cancel()
+            else:
+                waiter.set_exception(error)
+
+
+def _expire(waiter: asyncio.Future[_Step | _Expired]) -> None:
+    if not waiter.done():
+        waiter.set_result(_EXPIRED)
 
 
 class Engine:
@@ -180,15 +213,19 @@ class Engine:
                 )
             elif flight.fingerprint != fingerprint:
                 raise PayloadMismatch(key)
+            waiter: asyncio.Future[_Step | _Expired] = loop.create_future()
+            flight.waiters.append(waiter)
+            expiry = None if deadline is None else loop.call_at(deadline, _expire, waiter)
             self._waiting += 1
             try:
-                async with asyncio.timeout_at(deadline):
-                    step = await asyncio.shield(flight.task)
-            except TimeoutError:
-                waiting = self._in_progress(flight.lease, flight.attempts_used, flight.max_attempts)
-                return replace(waiting, shared=joined)
+                step = await waiter
             finally:
                 self._waiting -= 1
+                if expiry is not None:
+                    expiry.cancel()
+            if isinstance(step, _Expired):
+                waiting = self._in_progress(flight.lease, flight.attempts_used, flight.max_attempts)
+                return replace(waiting, shared=joined)
             if isinstance(step, DeliveryResult):
                 return replace(step, shared=True) if joined else step
             try:
@@ -244,22 +281,34 @@ class Engine:
             fingerprint, attempts_used=persisted_attempts, max_attempts=policy.max_attempts
         )
         flight.task = asyncio.create_task(
-            self._fly(flight, key, notification, policy, persisted_attempts, receiver),
+            self._run(flight, key, notification, policy, persisted_attempts, receiver),
             name=f"sendonce-flight-{key.channel}",
         )
         self._flights[key] = flight
-        flight.task.add_done_callback(lambda task: self._land(key, flight, task))
         return flight
 
-    def _land(
-        self, key: Key, flight: _Flight, task: asyncio.Task[DeliveryResult | Running]
+    async def _run(
+        self,
+        flight: _Flight,
+        key: Key,
+        notification: Notification,
+        policy: RetryPolicy,
+        persisted_attempts: int,
+        receiver: Receiver,
     ) -> None:
-        if self._flights.get(key) is flight:
-            del self._flights[key]
-        # Retrieve the exception so an error nobody waited for is not reported as unhandled;
-        # callers that did wait have received it already.
-        if not task.cancelled() and task.exception() is not None:
-            log.debug("flight for %s ended with %r", key.channel, task.exception())
+        """The flight's task: fly, then hand the outcome (or the error) to every waiter."""
+        try:
+            step = await self._fly(flight, key, notification, policy, persisted_attempts, receiver)
+        except BaseException as error:
+            flight.fail(error)
+            if not isinstance(error, Exception):
+                raise  # cancelled (shutdown) or exiting: the task ends so
+            log.debug("flight for %s ended with %r", key.channel, error)
+        else:
+            flight.land(step)
+        finally:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
 
     async def _fly(
         self,
@@ -269,7 +318,7 @@ class Engine:
         policy: RetryPolicy,
         persisted_attempts: int,
         receiver: Receiver,
-    ) -> DeliveryResult | Running:
+    ) -> _Step:
         breaker = self.breakers[receiver.name]
         permitted = breaker.acquire()
         request = ReserveRequest(
