@@ -218,6 +218,12 @@ LONG = "x" * 501
             "notification.body: must be at most 1024 bytes, got 2000",
         ),
         (
+            # Bytes, not characters: 400 characters of 3 bytes each.
+            deliver(notification=pb.Notification(subject="s", body="€" * 400)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "notification.body: must be at most 1024 bytes, got 1200",
+        ),
+        (
             deliver(retry_policy=pb.RetryPolicy(max_attempts=21)),
             grpc.StatusCode.INVALID_ARGUMENT,
             "retry_policy.max_attempts: must be between 1 and 20, got 21",

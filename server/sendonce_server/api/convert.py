@@ -70,7 +70,7 @@ def notification(message: pb.Notification, limits: Limits) -> Notification:
         body=message.body,
         priority=priority,
         metadata=metadata,
-        links=tuple(Link(link.title, link.url) for link in message.links),
+        links=tuple(Link(link.title, link.url) for link in message.links) if message.links else (),
     )
 
 

@@ -55,6 +55,8 @@ def check_subject(subject: str, field: str = "notification.subject") -> None:
 
 
 def check_body(body: str, limits: Limits, field: str = "notification.body") -> None:
+    if len(body) * 4 <= limits.max_body_bytes:
+        return  # at most 4 bytes a character in UTF-8: no need to encode it to know
     size = len(body.encode())
     if size > limits.max_body_bytes:
         raise InvalidInput(field, f"must be at most {limits.max_body_bytes} bytes, got {size}")
