@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -94,10 +95,30 @@ def test_a_line_logged_after_close_is_still_written(stream: RecordingStream) -> 
 def test_timestamps_read_as_logging_and_iso_8601_write_them(created: float) -> None:
     record = logging.makeLogRecord({"msg": "x"})
     record.created, record.msecs = created, (created - int(created)) * 1000 // 1
-    text = logs.KeyValueFormatter("%(asctime)s %(message)s")
-    plain = logging.Formatter("%(asctime)s %(message)s")
+    text = logs.KeyValueFormatter()
+    plain = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     for _ in range(2):  # the second line of a second comes from the cache
         assert text.format(record) == plain.format(record)
         entry = json.loads(logs.JsonFormatter().format(record))
         expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
         assert entry["time"] == expected
+
+
+def test_a_text_line_has_the_fields_after_the_message_and_the_traceback_below() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.getLogger("sendonce.engine").makeRecord(
+            "sendonce.engine",
+            logging.ERROR,
+            __file__,
+            1,
+            "attempt %d failed",
+            (2,),
+            sys.exc_info(),
+            extra={"uid": "u-1", "receiver": "ops"},
+        )
+    first, *rest = logs.KeyValueFormatter().format(record).splitlines()
+    assert first.endswith(" ERROR sendonce.engine: attempt 2 failed uid=u-1 receiver=ops")
+    assert rest[0] == "Traceback (most recent call last):"
+    assert rest[-1] == "ValueError: boom"

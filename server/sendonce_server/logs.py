@@ -43,20 +43,29 @@ class _SecondCache:
 
 
 class KeyValueFormatter(logging.Formatter):
-    def __init__(self, fmt: str) -> None:
-        super().__init__(fmt)
+    """`2026-11-29 05:11:10,123 INFO sendonce.engine: attempt finished uid=... attempt=1`."""
+
+    def __init__(self) -> None:
+        super().__init__()
         self._second = _SecondCache(
             lambda second: time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
         )
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        # As logging's default ("2026-11-29 05:11:10,123"), without a strftime per line.
+        # As logging's default, without a strftime per line.
         return f"{self._second(record.created)},{int(record.msecs):03d}"
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        fields = " ".join(f"{name}={value}" for name, value in _fields(record).items())
-        return f"{line} {fields}" if fields else line
+        # Written out rather than through a format string: this runs for every attempt.
+        line = f"{self.formatTime(record)} {record.levelname} {record.name}: {record.getMessage()}"
+        fields = _fields(record)
+        if fields:
+            line += " " + " ".join(f"{name}={value}" for name, value in fields.items())
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
+        return line
 
 
 class JsonFormatter(logging.Formatter):
@@ -166,7 +175,7 @@ def configure(level: str, form: str = "text", stream: TextIO | None = None) -> l
     if form == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(KeyValueFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(KeyValueFormatter())
     # Read where the record is made: the trace id lives in the caller's context.
     handler.addFilter(TraceIdFilter())
     root = logging.getLogger()
