@@ -208,7 +208,7 @@ class Bench:
             self.add(row, server, workloads.deliver_unique(_run_id()))
             row["note"] = (
                 f"the file is in {self.workdir.parent} on this machine's disk; "
-                "synchronous=FULL: an fsync before each attempt and after it"
+                "synchronous=FULL, group commit: one fsync per batch of decisions"
             )
 
     async def setup_unique_redis(self) -> None:

@@ -1,20 +1,37 @@
 """A SQLite file: state survives a sidecar crash or restart (e.g. on an emptyDir volume).
 
-WAL mode; each decision is one `BEGIN IMMEDIATE` transaction (read, decide, write), run on one
-worker thread so the event loop never blocks and decisions of this process are serialised; the
-file lock serialises them across processes too.
+WAL mode with `synchronous=FULL`. One writer thread owns the connection, so the event loop never
+blocks and the decisions of this process are serialised; the file lock serialises them across
+processes too.
+
+Group commit: each decision (read, decide, write) is a step queued for the writer. The writer
+takes every step queued while it was busy (at most `_BATCH_MAX`) and runs them, in the order they
+were submitted, in one `BEGIN IMMEDIATE` transaction, each inside its own `SAVEPOINT`: a step
+that raises is rolled back alone and fails only its own caller. One `COMMIT`, so one fsync,
+serves the whole batch, and no caller hears its answer before that commit returned: a
+reservation is on disk before its attempt is sent. When BEGIN or COMMIT fails, the batch is
+rolled back and every one of its callers gets `StoreUnavailable`. The answers of a batch reach
+the event loop in one hand-off.
+
+Reads (`read`, `ping`) go through the same writer, outside any transaction: they see only
+committed state and are answered before the batch they arrived with is committed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import enum
 import logging
+import math
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..engine import decisions
 from ..engine.decisions import Completion, Decision, ReserveRequest
@@ -27,6 +44,8 @@ log = logging.getLogger("sendonce.store")
 
 DAY = 86_400.0
 _SWEEP_PER_WRITE = 4
+# Most steps one transaction takes: bounds how long a batch holds the file's write lock.
+_BATCH_MAX = 256
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     uid TEXT NOT NULL,
@@ -39,15 +58,49 @@ CREATE INDEX IF NOT EXISTS records_expiry ON records (expires_at);
 """
 
 T = TypeVar("T")
+Step = Callable[[sqlite3.Connection], T]
+
+
+class _Kind(enum.Enum):
+    READ = "read"
+    WRITE = "write"
+    STOP = "stop"
+
+
+@dataclass(slots=True)
+class _Job:
+    """One call waiting for the writer: its step and the future its caller awaits."""
+
+    kind: _Kind
+    step: Step[Any]
+    future: asyncio.Future[Any]
+
+
+# A job's answer: its future, and either an error or a value.
+_Answer = tuple["asyncio.Future[Any]", BaseException | None, Any]
 
 
 class SqliteStore:
-    def __init__(self, path: Path, *, retention: float = 7 * DAY, clear_grace: float = 600.0):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        retention: float = 7 * DAY,
+        clear_grace: float = 600.0,
+        busy_timeout: float = 5.0,
+    ):
         self.path = path
         self.retention = retention
         self.clear_grace = clear_grace
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sendonce-sqlite")
+        # How long a transaction waits for another process's write lock before it fails.
+        self.busy_timeout = busy_timeout
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._closed = False
+        # Used on the writer thread only: the connection, and what the batch's writes let expire.
         self._db: sqlite3.Connection | None = None
+        self._sweep_quota = 0
+        self._sweep_until = -math.inf
         self._watchers = KeyWatchers[Key]()
 
     async def reserve(self, key: Key, request: ReserveRequest, now: float) -> Decision:
@@ -59,7 +112,7 @@ class SqliteStore:
                 self._put(db, key, decision.record, now)
             return decision
 
-        decision = await self._transaction(step)
+        decision: Decision = await self._submit(_Kind.WRITE, step)
         self._watchers.notify(key)
         return decision
 
@@ -70,12 +123,16 @@ class SqliteStore:
                 self._put(db, key, record, now)
             return record
 
-        record = await self._transaction(step)
+        record: Record | None = await self._submit(_Kind.WRITE, step)
         self._watchers.notify(key)
         return record
 
     async def read(self, key: Key, now: float) -> Record | None:
-        return await self._run(lambda db: self._get(db, key, now, delete_expired=False))
+        def step(db: sqlite3.Connection) -> Record | None:
+            return self._get(db, key, now, delete_expired=False)
+
+        record: Record | None = await self._submit(_Kind.READ, step)
+        return record
 
     async def clear(
         self, uid: str, channels: Sequence[str], force: bool, now: float
@@ -102,7 +159,9 @@ class SqliteStore:
                     self._put(db, Key(uid, channel), record, now)
             return cleared, running
 
-        cleared, running = await self._transaction(step)
+        cleared: list[str]
+        running: list[str]
+        cleared, running = await self._submit(_Kind.WRITE, step)
         for channel in cleared:
             self._watchers.notify(Key(uid, channel))
         return cleared, running
@@ -112,21 +171,25 @@ class SqliteStore:
 
     async def ping(self) -> bool:
         try:
-            await self._run(lambda db: db.execute("SELECT 1").fetchone())
+            await self._submit(_Kind.READ, lambda db: db.execute("SELECT 1").fetchone())
         except StoreUnavailable as error:
             log.warning("%s", error)
             return False
         return True
 
     async def close(self) -> None:
-        def shut(_: sqlite3.Connection) -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+        """Let the writer finish what is queued, close the file and stop the writer thread.
 
-        if self._db is not None:
-            await self._run(shut)
-        self._executor.shutdown(wait=True)
+        Calls made after this raise `StoreUnavailable`.
+        """
+        self._closed = True
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        stopped = asyncio.get_running_loop().create_future()
+        self._jobs.put(_Job(_Kind.STOP, _nothing, stopped))
+        await stopped  # answered after every job queued before it, as the writer's last act
+        writer.join()
 
     def _get(
         self, db: sqlite3.Connection, key: Key, now: float, *, delete_expired: bool = True
@@ -152,45 +215,195 @@ class SqliteStore:
             "data = excluded.data, expires_at = excluded.expires_at",
             (key.uid, key.channel, codec.dumps(record), record.expires_at),
         )
-        # Amortised expiry: a few expired rows go with each write, so no sweeper is needed.
-        db.execute(
-            "DELETE FROM records WHERE (uid, channel) IN "
-            "(SELECT uid, channel FROM records WHERE expires_at <= ? LIMIT ?)",
-            (now, _SWEEP_PER_WRITE),
-        )
+        # Amortised expiry: a few expired rows go with each write (deleted once per batch, by
+        # `_sweep`), so no sweeper is needed.
+        self._sweep_quota += _SWEEP_PER_WRITE
+        self._sweep_until = max(self._sweep_until, now)
 
-    async def _transaction(self, step: Callable[[sqlite3.Connection], T]) -> T:
-        def run(db: sqlite3.Connection) -> T:
+    def _sweep(self, db: sqlite3.Connection) -> None:
+        """Delete the expired rows the batch's writes earned, in one statement."""
+        if self._sweep_quota:
+            db.execute(
+                "DELETE FROM records WHERE (uid, channel) IN "
+                "(SELECT uid, channel FROM records WHERE expires_at <= ? LIMIT ?)",
+                (self._sweep_until, self._sweep_quota),
+            )
+
+    # --- the event loop's side ------------------------------------------------------------------
+
+    def _submit(self, kind: _Kind, step: Step[Any]) -> asyncio.Future[Any]:
+        """Queue a step for the writer; the future is answered on the caller's loop."""
+        if self._closed:
+            raise StoreUnavailable(f"sqlite {self.path}: the store is closed")
+        future = asyncio.get_running_loop().create_future()
+        self._jobs.put(_Job(kind, step, future))
+        if self._writer is None:
+            self._writer = threading.Thread(
+                target=self._write_loop,
+                name="sendonce-sqlite",
+                # Never holds up the interpreter's exit when the store was not closed: SQLite
+                # recovers a transaction cut short like a crash.
+                daemon=True,
+            )
+            self._writer.start()
+        return future
+
+    # --- the writer thread ----------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        stop: _Job | None = None
+        while stop is None:
+            batch = [self._jobs.get()]
+            while len(batch) < _BATCH_MAX and batch[-1].kind is not _Kind.STOP:
+                try:
+                    batch.append(self._jobs.get_nowait())
+                except queue.Empty:
+                    break
+            if batch[-1].kind is _Kind.STOP:
+                stop = batch.pop()
+            reads = [job for job in batch if job.kind is _Kind.READ]
+            writes = [job for job in batch if job.kind is _Kind.WRITE]
+            # Reads first, answered at once: they need no commit, so they do not wait for one.
+            if reads:
+                _hand_off(self._guarded(self._run_reads, reads))
+            if writes:
+                _hand_off(self._guarded(self._run_writes, writes))
+        self._drop_connection()
+        # close() refuses calls before they queue; one that got in all the same is refused here.
+        refused: list[_Answer] = []
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            closed = StoreUnavailable(f"sqlite {self.path}: the store is closed")
+            refused.append((job.future, closed, None))
+        _hand_off([*refused, (stop.future, None, None)])
+
+    def _guarded(
+        self, run: Callable[[list[_Job]], list[_Answer]], jobs: list[_Job]
+    ) -> list[_Answer]:
+        """Every job gets an answer, even if the writer itself has a bug."""
+        try:
+            return run(jobs)
+        except Exception as error:
+            log.exception("sqlite writer failed")
+            return [(job.future, self._unavailable(error), None) for job in jobs]
+
+    def _run_reads(self, jobs: list[_Job]) -> list[_Answer]:
+        try:
+            db = self._connection()
+        except sqlite3.Error as error:
+            return [(job.future, self._unavailable(error), None) for job in jobs]
+        answers: list[_Answer] = []
+        for job in jobs:
+            try:
+                answers.append((job.future, None, job.step(db)))
+            except sqlite3.Error as error:
+                answers.append((job.future, self._unavailable(error), None))
+            except Exception as error:
+                answers.append((job.future, error, None))
+        return answers
+
+    def _run_writes(self, jobs: list[_Job]) -> list[_Answer]:
+        """One transaction, one savepoint per step, one commit."""
+        self._sweep_quota, self._sweep_until = 0, -math.inf
+        try:
+            db = self._connection()
             db.execute("BEGIN IMMEDIATE")
             try:
-                result = step(db)
+                answers = [self._run_step(db, job) for job in jobs]
+                self._sweep(db)
+                db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                self._roll_back(db)
                 raise
-            db.execute("COMMIT")
-            return result
+        except sqlite3.Error as error:
+            # Nothing of the batch is on disk: every caller hears so, none is told it succeeded.
+            return [(job.future, self._unavailable(error), None) for job in jobs]
+        return answers
 
-        return await self._run(run)
+    def _run_step(self, db: sqlite3.Connection, job: _Job) -> _Answer:
+        db.execute("SAVEPOINT step")
+        try:
+            value = job.step(db)
+        except Exception as error:
+            if not db.in_transaction:
+                # SQLite rolled the whole transaction back itself (I/O error, disk full, ...):
+                # the steps before this one are lost too, so the batch fails.
+                raise
+            db.execute("ROLLBACK TO step")
+            db.execute("RELEASE step")
+            failed = self._unavailable(error) if isinstance(error, sqlite3.Error) else error
+            return (job.future, failed, None)
+        db.execute("RELEASE step")
+        return (job.future, None, value)
 
-    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        def call() -> T:
-            try:
-                return work(self._connection())
-            except sqlite3.Error as error:
-                # The file path is configuration, not a secret; the SQL error says what broke.
-                raise StoreUnavailable(f"sqlite {self.path}: {error}") from None
+    def _roll_back(self, db: sqlite3.Connection) -> None:
+        if not db.in_transaction:
+            return
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error as error:
+            # Closing the connection rolls back too; the next batch opens a new one.
+            log.warning("sqlite %s: rollback failed (%s); reopening the file", self.path, error)
+            self._drop_connection()
 
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+    def _unavailable(self, error: BaseException) -> StoreUnavailable:
+        # The file path is configuration, not a secret; the SQL error says what broke.
+        return StoreUnavailable(f"sqlite {self.path}: {error}")
 
     def _connection(self) -> sqlite3.Connection:
-        """Opened on the worker thread, the only one that ever uses it."""
         if self._db is None:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db = self._connect()
+        return self._db
+
+    def _connect(self) -> sqlite3.Connection:
+        """Open and set up the file (on the writer thread, the only one that uses it)."""
+        db = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout
+        )
+        try:
             db.execute("PRAGMA journal_mode=WAL")
             # FULL: a reservation is on disk before its attempt is sent, even if the node loses
             # power (NORMAL would only survive a process crash).
             db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA busy_timeout=5000")
             db.executescript(_SCHEMA)
-            self._db = db
-        return self._db
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _drop_connection(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            try:
+                db.close()
+            except sqlite3.Error as error:
+                log.warning("sqlite %s: close failed (%s)", self.path, error)
+
+
+def _nothing(db: sqlite3.Connection) -> None:
+    return None
+
+
+def _hand_off(answers: list[_Answer]) -> None:
+    """Send answers to their event loops: one wake-up per loop, not one per answer."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
+    for answer in answers:
+        by_loop.setdefault(answer[0].get_loop(), []).append(answer)
+    for loop, mine in by_loop.items():
+        # A closed loop raises RuntimeError: nobody waits for these answers any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle, mine)
+
+
+def _settle(answers: list[_Answer]) -> None:
+    """On the loop: resolve the futures (a caller that was cancelled has given up on its own)."""
+    for future, error, value in answers:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
