@@ -7,6 +7,9 @@ from typing import Any
 
 from ..engine.model import AttemptEntry, AttemptResult, Lease, Receipt, Record, Status
 
+# Made once: json.dumps with options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
 
 def dumps(record: Record) -> str:
     data: dict[str, Any] = {
@@ -28,7 +31,7 @@ def dumps(record: Record) -> str:
         data["lease"] = [record.lease.attempt, record.lease.token, record.lease.expires_at]
     if record.receipt is not None:
         data["rcpt"] = [record.receipt.reference, dict(record.receipt.details)]
-    return json.dumps(data, separators=(",", ":"))
+    return _ENCODER.encode(data)
 
 
 def loads(text: str) -> Record:
