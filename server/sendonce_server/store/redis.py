@@ -4,15 +4,26 @@ Each decision is one Lua script call (redis_decisions.lua), atomic on the server
 server's clock, with keys hash-tagged per notification so a Redis Cluster keeps them in one
 slot. Records and tombstones carry TTLs, so Redis memory stays bounded with no sweeper. Waiters
 learn of completions through one pub/sub subscription per store.
+
+How the script calls reach Redis: through `_Pipeliner`. A call made while none is on the wire
+goes at once; calls made while some are (all those of one event-loop iteration, and all those
+made while earlier batches are on the wire) leave together as one non-transactional pipeline,
+one round trip for the batch (one per node in a cluster). Batching changes the transport only:
+every call is still one script, atomic on the server, and a caller awaits its reserve before
+it sends its complete. The error of one script fails its caller alone; a batch that cannot
+reach Redis fails all its callers with StoreUnavailable. Calls that found the script missing
+(NOSCRIPT: Redis restarted or flushed its cache) are sent again with EVAL, which caches it.
+Reads (GET), pings and the subscription go to Redis directly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
@@ -21,7 +32,15 @@ from urllib.parse import unquote, urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
-from redis.exceptions import BusyLoadingError, ReadOnlyError, RedisError
+from redis.exceptions import (
+    AskError,
+    BusyLoadingError,
+    ClusterDownError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -52,6 +71,10 @@ _UNREACHABLE = (
     ReadOnlyError,  # a replica, or a primary demoted by a failover: no write can be recorded
     OSError,
 )
+# Errors of one command of a pipeline that its caller does not get at once: the call is tried
+# again alone, through the client's own command path (its retries, its redirections and, in a
+# cluster, its rediscovery of the nodes), as every call went before pipelining.
+_RETRY_ALONE = (*_UNREACHABLE, ClusterDownError, TryAgainError, AskError)
 _VERDICTS = {
     "already_delivered": Outcome.ALREADY_DELIVERED,
     "failed_permanent": Outcome.FAILED_PERMANENT,
@@ -95,7 +118,7 @@ class RedisStore:
                 socket_connect_timeout=timeout,
                 health_check_interval=30,
             )
-        self._script = self._redis.register_script(_SCRIPT)
+        self._pipeliner = _Pipeliner(self._redis, _SCRIPT, self._drop_idle_connections)
         self._changes = f"{prefix}changes"
         self._watchers = KeyWatchers[str]()
         self._listener: asyncio.Task[None] | None = None
@@ -203,6 +226,7 @@ class RedisStore:
             return False
 
     async def close(self) -> None:
+        await self._pipeliner.close()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -210,11 +234,7 @@ class RedisStore:
         await self._redis.aclose()
 
     async def _call(self, keys: list[str], args: list[Any]) -> Any:
-        try:
-            result = await self._script(keys=keys, args=args)
-        except _UNREACHABLE as error:
-            await self._drop_idle_connections()
-            raise _unavailable(error) from None
+        result = await self._pipeliner.call(keys, args)
         return [_text(item) if isinstance(item, bytes) else item for item in result]
 
     async def _drop_idle_connections(self) -> None:
@@ -258,6 +278,176 @@ class RedisStore:
             self._subscribed.clear()
             with contextlib.suppress(RedisError):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+_Invocation = tuple[list[str], list[Any]]  # the keys and arguments of one script call
+
+
+class _Call:
+    """A script call waiting for its batch, and the future its caller awaits."""
+
+    __slots__ = ("future", "invocation")
+
+    def __init__(self, invocation: _Invocation, future: asyncio.Future[Any]) -> None:
+        self.invocation = invocation
+        self.future = future
+
+
+class _Pipeliner:
+    """Sends the script calls of concurrent callers to Redis together, one pipeline a batch.
+
+    A call made while nothing is on the wire goes at once, as one ordinary command: an idle
+    store adds no latency. A call made while something is on the wire waits in `_pending`. A
+    sender, started by the first such call, runs in the next event-loop iteration and takes
+    what gathered by then, so every call of an iteration leaves together, as one
+    non-transactional pipeline. At most `senders` calls or batches are on the wire at once,
+    each on a pooled connection, and a sender leaves a share of the pending calls to a sender
+    that may still start: Redis then runs one batch while Python prepares or hands out another.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis | RedisCluster,
+        script: str,
+        unreachable: Callable[[], Awaitable[None]],
+        senders: int = 2,
+    ) -> None:
+        self._redis = redis
+        self._script = script
+        self._sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
+        # One call the client's ordinary way: EVALSHA, and on NOSCRIPT, SCRIPT LOAD and again.
+        self._single = redis.register_script(script)
+        self._unreachable = unreachable  # called once per round trip that failed to reach Redis
+        self._max_senders = senders
+        self._senders = 0  # calls or batches on the wire, and senders about to take a batch
+        self._starting = False  # a sender is started and has not taken its batch yet
+        self._pending: list[_Call] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.round_trips = 0  # pipelines sent (NOSCRIPT retries included) and lone calls
+
+    async def call(self, keys: list[str], args: list[Any]) -> Any:
+        """The script's reply to this call; StoreUnavailable when Redis cannot be reached."""
+        if not self._senders and not self._pending:
+            return await self._call_at_once((keys, args))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Call((keys, args), future))
+        self._start_sender()
+        return await future
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._senders, self._starting = 0, False  # a sender cancelled before it ran
+        _fail(self._pending, StoreUnavailable("redis store closed"))
+        self._pending = []
+
+    async def _call_at_once(self, invocation: _Invocation) -> Any:
+        """One call, the client's ordinary way (cheaper than a pipeline of one)."""
+        self._senders += 1
+        self.round_trips += 1
+        try:
+            return await self._single(*invocation)
+        except _UNREACHABLE as error:
+            await self._unreachable()
+            raise _unavailable(error) from None
+        finally:
+            self._senders -= 1
+            self._start_sender()  # for the calls made meanwhile, if no sender is free for them
+
+    def _start_sender(self) -> None:
+        if self._pending and not self._starting and self._senders < self._max_senders:
+            self._starting = True
+            self._senders += 1
+            task = asyncio.create_task(self._send_pending(), name="sendonce-redis-pipeline")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send_pending(self) -> None:
+        self._starting = False
+        try:
+            while self._pending:
+                # Leave a share to a sender that may still start (see the class docstring).
+                share = -(-len(self._pending) // (self._max_senders - self._senders + 1))
+                batch, self._pending = self._pending[:share], self._pending[share:]
+                self._start_sender()
+                # A call whose caller is gone already need not run at all.
+                await self._send([call for call in batch if not call.future.done()])
+        finally:
+            # Here, not in a done callback: a call made after the last batch and before such a
+            # callback ran would find every sender busy, and wait for none.
+            self._senders -= 1
+
+    async def _send(self, batch: list[_Call]) -> None:
+        if not batch:
+            return
+        try:
+            replies = await self._run([call.invocation for call in batch])
+        except _UNREACHABLE as error:
+            _fail(batch, _unavailable(error))
+            return
+        except asyncio.CancelledError:
+            _fail(batch, StoreUnavailable("redis store closed"))
+            raise
+        except Exception as error:
+            _fail(batch, error)  # a bug: every caller of the batch sees it
+            return
+        for call, reply in zip(batch, replies, strict=True):
+            if call.future.done():
+                continue  # its caller was cancelled; the script may have run all the same
+            if (failure := _error(reply)) is None:
+                call.future.set_result(reply)
+            else:
+                call.future.set_exception(failure)  # this script's error, for its caller alone
+
+    async def _run(self, invocations: list[_Invocation]) -> list[Any]:
+        """Each script's reply, or the error of its command; raises if Redis was not reached."""
+        try:
+            replies = await self._pipeline(invocations, "EVALSHA", self._sha)
+            lost = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if lost:
+                # Redis lost its script cache (a restart, SCRIPT FLUSH): the script did not run,
+                # and EVAL runs it and caches it again for the EVALSHAs that follow.
+                lost_ones = [invocations[i] for i in lost]
+                again = await self._pipeline(lost_ones, "EVAL", self._script)
+                for i, reply in zip(lost, again, strict=True):
+                    replies[i] = reply
+        except _UNREACHABLE:
+            await self._unreachable()
+            raise
+        failed = [i for i, reply in enumerate(replies) if isinstance(reply, _RETRY_ALONE)]
+        if failed:
+            # E.g. READONLY from a primary demoted by a failover, a cluster node gone.
+            await self._unreachable()
+            again = await asyncio.gather(
+                *(self._single(*invocations[i]) for i in failed), return_exceptions=True
+            )
+            for i, reply in zip(failed, again, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _pipeline(
+        self, invocations: list[_Invocation], command: str, script: str
+    ) -> list[Any]:
+        """One round trip (one per cluster node): a non-transactional pipeline of the calls."""
+        self.round_trips += 1
+        pipe = self._redis.pipeline(transaction=False)
+        for keys, args in invocations:
+            pipe.execute_command(command, script, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+
+def _error(reply: Any) -> BaseException | None:
+    """What a caller gets instead of a reply: its command's error, if it failed."""
+    if isinstance(reply, _UNREACHABLE):
+        return _unavailable(reply)
+    return reply if isinstance(reply, BaseException) else None
+
+
+def _fail(batch: list[_Call], error: BaseException) -> None:
+    for call in batch:
+        if not call.future.done():
+            call.future.set_exception(error)
 
 
 def _ended(listener: asyncio.Task[None]) -> None:
