@@ -138,11 +138,12 @@ async def start_sendonce(
     flags: Sequence[str] = (),
     env: dict[str, str] | None = None,
     timeout: float = 30.0,
+    command: Sequence[str] | None = None,
 ) -> Server:
-    """Start sendonce-server and wait for its DeliveryService to be SERVING."""
+    """Start sendonce-server (or `command`, taking its flags) and wait until it is SERVING."""
     listen, target = listen_args(transport, workdir, name)
     args = [
-        *sendonce_command(),
+        *(command or sendonce_command()),
         *listen,
         "--config",
         str(config),
