@@ -72,6 +72,10 @@ class ServerSettings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="Log lines for a terminal (text) or a log pipeline (json)"
     )
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto",
+        description="uvloop (faster), asyncio (the standard one), or auto: uvloop if installed",
+    )
     metrics_listen: str | None = Field(
         None, description="Serve Prometheus metrics on host:port at /metrics (off by default)"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 from pydantic_settings import CliApp
@@ -26,12 +26,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     handler = logs.configure(settings.log_level, settings.log_format)
     try:
-        return asyncio.run(serve(settings))
+        loop_factory = _loop_factory(settings.event_loop)
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(serve(settings))
     except ConfigError as error:
         log.error("%s", error)
         return 2
     finally:
         handler.close()
+
+
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when asked for (or, with auto, when installed); None: asyncio's own."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("--event-loop uvloop: uvloop is not installed") from None
+        return None
+    return uvloop.new_event_loop
 
 
 if __name__ == "__main__":

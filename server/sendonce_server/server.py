@@ -148,10 +148,11 @@ async def start(settings: ServerSettings, config: ReceiversFile | None = None) -
         raise
     names = ", ".join(receiver.name for receiver in receivers)
     log.info(
-        "serving on %s; store: %s; receivers: %s",
+        "serving on %s; store: %s; receivers: %s; event loop: %s",
         " and ".join(sidecar.addresses),
         display_url(settings.store),
         names,
+        type(asyncio.get_running_loop()).__module__.split(".")[0],
     )
     return sidecar
 

@@ -113,7 +113,24 @@ async def test_the_readme_run_command_serves_a_console_receiver_without_config(
         "Disk 91% full",
         1,
     )
-    assert f"serving on {address}; store: memory; receivers: console" in sidecar.stderr.text
+    assert (
+        f"serving on {address}; store: memory; receivers: console; event loop: uvloop"
+        in sidecar.stderr.text
+    )
+
+
+async def test_the_standard_event_loop_serves_too(children: Children) -> None:
+    address = f"127.0.0.1:{free_tcp_port()}"
+    sidecar = await children.sidecar("--listen", address, "--event-loop", "asyncio", target=address)
+    await sidecar.until_serving()
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = delivery_pb2_grpc.DeliveryServiceStub(channel)
+        answer = await stub.Deliver(deliver("loop-1", "console", "Disk 91% full"), timeout=10)
+
+    assert answer.outcome == pb.OUTCOME_DELIVERED
+    assert "event loop: asyncio" in sidecar.stderr.text
+    assert await sidecar.terminate() == 0
 
 
 def reflect(target: str) -> tuple[list[str], str, list[str]]:
