@@ -3,6 +3,7 @@
 `/bench.Echo/Call` takes any request bytes and answers a fixed, pre-serialised DeliverResponse
 (the size of a real DELIVERED answer): no protobuf parsing, no interceptor, no logging. It is the
 fastest a Python gRPC sidecar can answer on this machine, the floor the scenarios are divided by.
+It runs on the event loop sendonce-server runs on (uvloop when installed).
 Health is served too, so the bench waits for it the same way as for sendonce-server.
 
 With --otlp it also sinks OTLP/gRPC exports (traces, metrics, logs), counting them, so the
@@ -13,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -132,7 +135,14 @@ def main() -> int:
     parser.add_argument("--unix-socket", default=None)
     parser.add_argument("--otlp", action="store_true", help="also sink OTLP/gRPC exports")
     args = parser.parse_args()
-    counts = asyncio.run(serve(args.listen, args.unix_socket, args.otlp))
+    # The event loop sendonce-server runs on (its --event-loop auto), so the floor is as fast.
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        counts = runner.run(serve(args.listen, args.unix_socket, args.otlp))
     print(json.dumps(counts), flush=True)
     return 0
 
