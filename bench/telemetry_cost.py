@@ -52,13 +52,14 @@ async def _per_call(handler: Any, context: _Context) -> float:
 
 
 async def main() -> None:
-    meters = MeterProvider(
-        metric_readers=[PrometheusMetricReader(registry=CollectorRegistry())],
-        exemplar_filter=AlwaysOffExemplarFilter(),
-    )
     tracing = TracerProvider(sampler=ParentBased(ALWAYS_ON))
     tracing.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
-    telemetry = Telemetry(meters, tracing, None, sample_ratio=0.1)
+    registry = CollectorRegistry()
+    meters = MeterProvider(
+        metric_readers=[PrometheusMetricReader(registry=registry)],
+        exemplar_filter=AlwaysOffExemplarFilter(),
+    )
+    telemetry = Telemetry(meters, tracing, None, sample_ratio=0.1, registry=registry)
 
     async def observed_engine(request: bytes, context: Any) -> bytes:
         with telemetry.attempt("hook", KEY, 1) as attempt:
