@@ -9,6 +9,12 @@ from ..engine.model import AttemptEntry, AttemptResult, Lease, Receipt, Record, 
 
 # Made once: json.dumps with options builds a new encoder on every call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
+_DECODE = json.JSONDecoder().decode
+# Enum values both ways by dict: `.value` and `Status(value)` go through the enum machinery.
+_STATUS_VALUE = {status: status.value for status in Status}
+_STATUS = {status.value: status for status in Status}
+_RESULT_VALUE = {result: result.value for result in AttemptResult}
+_RESULT = {result.value: result for result in AttemptResult}
 
 
 def dumps(record: Record) -> str:
@@ -16,14 +22,14 @@ def dumps(record: Record) -> str:
         "fp": record.fingerprint,
         "max": record.max_attempts,
         "n": record.attempts,
-        "st": record.status.value,
+        "st": _STATUS_VALUE[record.status],
         "next": record.next_attempt_at,
         "err": record.last_error,
         "fence": record.fence,
         "cl": record.cleared,
         "exp": record.expires_at,
         "h": [
-            [e.number, e.started_at, e.result.value, e.finished_at, e.error, e.token]
+            [e.number, e.started_at, _RESULT_VALUE[e.result], e.finished_at, e.error, e.token]
             for e in record.history
         ],
     }
@@ -35,21 +41,21 @@ def dumps(record: Record) -> str:
 
 
 def loads(text: str) -> Record:
-    data = json.loads(text)
+    data = _DECODE(text)
     lease = data.get("lease")
     receipt = data.get("rcpt")
     return Record(
         fingerprint=data["fp"],
         max_attempts=data["max"],
         attempts=data["n"],
-        status=Status(data["st"]),
+        status=_STATUS[data["st"]],
         lease=Lease(*lease) if lease else None,
         next_attempt_at=data["next"],
         last_error=data["err"],
         # A JSON encoder without arrays vs objects (Redis's cjson) writes an empty one as {}.
         receipt=Receipt(receipt[0], receipt[1] or {}) if receipt else None,
         history=[
-            AttemptEntry(number, started, AttemptResult(result), finished, error, token)
+            AttemptEntry(number, started, _RESULT[result], finished, error, token)
             for number, started, result, finished, error, token in data["h"]
         ],
         # Redis keeps the fencing counter in a key of its own.
