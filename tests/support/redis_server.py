@@ -171,17 +171,20 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
             timeout=30,
         )
         deadline = time.monotonic() + 20
-        while (
-            b"cluster_state:ok"
-            not in subprocess.run(
-                ["redis-cli", "-p", str(nodes[0].port), "cluster", "info"],
-                capture_output=True,
-                check=True,
-            ).stdout
-        ):
-            if time.monotonic() > deadline:
-                raise TimeoutError("the Redis Cluster did not reach cluster_state:ok")
-            time.sleep(0.05)  # the nodes gossip the new slots; nothing announces the end
+        # Every node, not the first only: a node that has not heard of all the slots yet
+        # answers CLUSTERDOWN to the first test that reaches it.
+        for node in nodes:
+            while (
+                b"cluster_state:ok"
+                not in subprocess.run(
+                    ["redis-cli", "-p", str(node.port), "cluster", "info"],
+                    capture_output=True,
+                    check=True,
+                ).stdout
+            ):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"Redis Cluster node {node.port} is not cluster_state:ok")
+                time.sleep(0.05)  # the nodes gossip the new slots; nothing announces the end
         yield f"redis+cluster://127.0.0.1:{nodes[0].port}"
     finally:
         for node in nodes:
