@@ -222,6 +222,56 @@ async def test_caller_deadline_answers_in_progress_and_the_attempt_is_recorded()
     assert len(channel.sends) == 1
 
 
+async def test_a_joiner_whose_deadline_passes_leaves_the_flight_and_the_others_alone() -> None:
+    channel = ScriptedChannel(hold=True)
+    engine = make_engine(channel)
+
+    leader = asyncio.create_task(engine.deliver(KEY, NOTE))
+    await channel.wait_for_sends(1)
+    impatient = await engine.deliver(KEY, NOTE, timeout=0.01)
+    patient = asyncio.create_task(engine.deliver(KEY, NOTE, timeout=30))
+    await asyncio.sleep(0)
+    channel.answer()
+
+    assert (impatient.outcome, impatient.shared) == (Outcome.IN_PROGRESS, True)
+    assert (await leader).outcome is Outcome.DELIVERED
+    assert ((await patient).outcome, (await patient).shared) == (Outcome.DELIVERED, True)
+    assert len(channel.sends) == 1
+
+
+class GatedStore(MemoryStore):
+    """Its first reserve waits for the test, then fails as an unreachable store does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.reserves = 0
+
+    async def reserve(self, key: Key, request: ReserveRequest, now: float) -> Decision:
+        self.reserves += 1
+        if self.reserves == 1:
+            await self.gate.wait()
+            raise StoreUnavailable("store down")
+        return await super().reserve(key, request, now)
+
+
+async def test_a_failed_flight_fails_every_caller_and_the_next_call_starts_afresh() -> None:
+    store = GatedStore()
+    channel = ScriptedChannel()
+    engine = make_engine(channel, store=store)
+
+    callers = [asyncio.create_task(engine.deliver(KEY, NOTE)) for _ in range(5)]
+    await asyncio.sleep(0)
+    assert (engine.running, engine.waiting) == (1, 5)
+    store.gate.set()
+    answers = await asyncio.gather(*callers, return_exceptions=True)
+    after = await engine.deliver(KEY, NOTE)
+
+    assert all(isinstance(answer, StoreUnavailable) for answer in answers), answers
+    assert (after.outcome, after.attempt) == (Outcome.DELIVERED, 1)
+    assert (store.reserves, len(channel.sends), engine.running) == (2, 1, 0)
+
+
 class DyingEngine(Engine):
     """Plays a holder that dies after sending and before recording the result."""
 
