@@ -48,6 +48,7 @@ class GatedStore(SqliteStore):
     def __init__(self, path: Path, **settings: Any) -> None:
         super().__init__(path, **settings)
         self.commits = 0
+        self.savepoints = 0
         self._open = threading.Event()
         self._holding: asyncio.Future[None] | None = None
 
@@ -74,6 +75,8 @@ class GatedStore(SqliteStore):
     def _traced(self, statement: str) -> None:
         if statement == "COMMIT":
             self.commits += 1
+        elif statement.startswith("SAVEPOINT"):
+            self.savepoints += 1
 
     def _get(
         self, db: sqlite3.Connection, key: Key, now: float, *, delete_expired: bool = True
@@ -145,11 +148,12 @@ async def test_concurrent_reserves_share_commits_and_all_are_on_disk(tmp_path: P
     keys = [Key(f"uid-{n}", "hook") for n in range(64)]
 
     decisions = await settled(*(store.reserve(key, request(), T0) for key in keys))
-    commits = store.commits
+    commits, savepoints = store.commits, store.savepoints
     await store.close()
 
     assert all(isinstance(decision, Reserved) for decision in decisions), decisions
     assert 1 <= commits <= len(keys) // 4
+    assert savepoints == 0  # a batch whose steps all succeed runs them straight
     assert set(on_disk(path)) == set(keys)
     reopened = SqliteStore(path)
     records = [await reopened.read(key, T0) for key in keys]
@@ -176,7 +180,7 @@ async def test_a_failing_step_fails_only_its_caller_and_the_rest_of_its_batch_co
     before = on_disk(path)
 
     held = await store.hold()
-    commits = store.commits
+    commits, savepoints = store.commits, store.savepoints
     calls = [
         asyncio.ensure_future(store.reserve(good[0], request(), T0)),
         # Fails reading its row.
@@ -189,10 +193,12 @@ async def test_a_failing_step_fails_only_its_caller_and_the_rest_of_its_batch_co
     first, bad_reserve, bad_clear, second = await settled(*calls)
     await held
     batch_commits = store.commits - commits
+    batch_savepoints = store.savepoints - savepoints
     after = on_disk(path)
     await store.close()
 
     assert batch_commits == 2  # the gate's batch, then one for all four steps
+    assert batch_savepoints == 4  # run again with a savepoint a step, once a step failed
     assert isinstance(first, Reserved)
     assert isinstance(second, Reserved)
     assert isinstance(bad_reserve, json.JSONDecodeError)

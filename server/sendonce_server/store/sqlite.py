@@ -6,8 +6,9 @@ processes too.
 
 Group commit: each decision (read, decide, write) is a step queued for the writer. The writer
 takes every step queued while it was busy (at most `_BATCH_MAX`) and runs them, in the order they
-were submitted, in one `BEGIN IMMEDIATE` transaction, each inside its own `SAVEPOINT`: a step
-that raises is rolled back alone and fails only its own caller. One `COMMIT`, so one fsync,
+were submitted, in one `BEGIN IMMEDIATE` transaction. If a step raises, the batch is rolled back
+and run again with each step inside its own `SAVEPOINT`: the failing step is rolled back alone
+and fails only its own caller. One `COMMIT`, so one fsync,
 serves the whole batch, and no caller hears its answer before that commit returned: a
 reservation is on disk before its attempt is sent. When BEGIN or COMMIT fails, the batch is
 rolled back and every one of its callers gets `StoreUnavailable`. The answers of a batch reach
@@ -306,21 +307,45 @@ class SqliteStore:
         return answers
 
     def _run_writes(self, jobs: list[_Job]) -> list[_Answer]:
-        """One transaction, one savepoint per step, one commit."""
-        self._sweep_quota, self._sweep_until = 0, -math.inf
+        """One transaction, one commit.
+
+        Optimistic: the steps run one after the other, with no savepoints (they cost a tenth of
+        the writer's time). If one raises, the batch is rolled back and run again with a
+        savepoint per step, so that only that step fails.
+        """
         try:
             db = self._connection()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                answers = [self._run_step(db, job) for job in jobs]
-                self._sweep(db)
-                db.execute("COMMIT")
-            except BaseException:
-                self._roll_back(db)
-                raise
+            answers = self._transaction(db, jobs, isolated=False)
+            if answers is None:
+                answers = self._transaction(db, jobs, isolated=True)
+                assert answers is not None
         except sqlite3.Error as error:
             # Nothing of the batch is on disk: every caller hears so, none is told it succeeded.
             return [(job.future, self._unavailable(error), None) for job in jobs]
+        return answers
+
+    def _transaction(
+        self, db: sqlite3.Connection, jobs: list[_Job], *, isolated: bool
+    ) -> list[_Answer] | None:
+        """Run the steps in one transaction and commit; None: a step raised, nothing is kept."""
+        self._sweep_quota, self._sweep_until = 0, -math.inf
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if isolated:
+                answers = [self._run_step(db, job) for job in jobs]
+            else:
+                answers = []
+                for job in jobs:
+                    try:
+                        answers.append((job.future, None, job.step(db)))
+                    except Exception:
+                        self._roll_back(db)
+                        return None
+            self._sweep(db)
+            db.execute("COMMIT")
+        except BaseException:
+            self._roll_back(db)
+            raise
         return answers
 
     def _run_step(self, db: sqlite3.Connection, job: _Job) -> _Answer:
