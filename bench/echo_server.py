@@ -31,14 +31,21 @@ ECHO_METHOD = "/bench.Echo/Call"
 # The same with protobuf both ways, as a generated servicer has it: the floor of any handler
 # that reads its request, before it does anything with it.
 TYPED_METHOD = "/bench.Echo/Typed"
-RESPONSE = pb.DeliverResponse(
-    outcome=pb.OUTCOME_DELIVERED,
-    attempt=1,
-    attempts_used=1,
-    max_attempts=5,
-    final=True,
-    receipt=pb.Receipt(reference="noop"),
-).SerializeToString()
+
+
+def delivered() -> pb.DeliverResponse:
+    """The answer of a real DELIVERED attempt (its size), without a Deliver behind it."""
+    return pb.DeliverResponse(
+        outcome=pb.OUTCOME_DELIVERED,
+        attempt=1,
+        attempts_used=1,
+        max_attempts=5,
+        final=True,
+        receipt=pb.Receipt(reference="noop"),
+    )
+
+
+RESPONSE = delivered().SerializeToString()
 _OTLP_SERVICES = (
     "opentelemetry.proto.collector.trace.v1.TraceService",
     "opentelemetry.proto.collector.metrics.v1.MetricsService",
@@ -54,14 +61,7 @@ async def _typed(
     request: pb.DeliverRequest,
     context: grpc.aio.ServicerContext[pb.DeliverRequest, pb.DeliverResponse],
 ) -> pb.DeliverResponse:
-    return pb.DeliverResponse(
-        outcome=pb.OUTCOME_DELIVERED,
-        attempt=1,
-        attempts_used=1,
-        max_attempts=5,
-        final=True,
-        receipt=pb.Receipt(reference="noop"),
-    )
+    return delivered()
 
 
 def _sink(counts: dict[str, int]) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
