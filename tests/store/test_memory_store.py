@@ -85,6 +85,34 @@ async def test_a_running_attempt_is_found_by_clear() -> None:
     assert await store.clear("uid-1", [], False, T0) == (["hook", "mail"], ["hook"])
 
 
+async def test_len_counts_every_record_as_records_come_and_go() -> None:
+    # len() is what the records gauge reads, from the metrics thread: kept as a count.
+    store = MemoryStore(retention=RETENTION)
+    keys = [Key(uid, channel) for uid in ("u1", "u2") for channel in ("hook", "mail", "chat")]
+
+    async def present() -> int:
+        return sum([await store.read(key, T0) is not None for key in keys])
+
+    for key in keys[:4]:
+        await deliver(store, key)
+        assert len(store) == await present()
+    # An attempt in flight is an object, not packed; it fails, then a retry takes it out again.
+    for _ in range(2):
+        leased = await store.reserve(keys[4], request(), T0)
+        assert isinstance(leased, Reserved)
+        assert len(store) == await present() == 5
+        lease = leased.lease
+        failed = Completion(lease.attempt, lease.token, AttemptResult.FAILED)
+        await store.complete(keys[4], failed, T0)
+        assert len(store) == await present() == 5
+    await store.clear("u1", ["mail"], True, T0)  # a uid of three channels down to two
+    assert len(store) == await present() == 4
+    await store.clear("u1", [], False, T0)  # tombstones are records too
+    assert len(store) == await present() == 4
+    await store.clear("u2", [], True, T0)
+    assert len(store) == await present() == 2
+
+
 async def test_writes_sweep_the_records_past_their_retention() -> None:
     store = MemoryStore(retention=RETENTION)
     for index in range(100):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import grpc
@@ -16,8 +15,6 @@ from ..engine.model import Key
 from ..store.base import StoreUnavailable
 from . import convert, validation
 from .validation import InvalidInput, Limits
-
-log = logging.getLogger("sendonce.api")
 
 # Answer this long before the caller's deadline, so the answer still reaches it.
 _DEADLINE_MARGIN = 0.05

@@ -108,13 +108,15 @@ class MemoryStore:
         self._at_rest: OrderedDict[str, _Packed] = OrderedDict()
         # Records with a lease, as objects; each key is in one of the two, never both.
         self._leased: dict[Key, Record] = {}
+        # Records in `_at_rest`, kept as they come and go: len() is read by the metrics
+        # scrape on another thread, which must neither walk nor race the dict.
+        self._packed = 0
         # The uid in front of `_at_rest` when last swept, and until when it lives.
         self._front: tuple[str | None, float] = (None, 0.0)
         self._watchers = KeyWatchers[Key]()
 
     def __len__(self) -> int:
-        packed = sum(1 if isinstance(rest, bytes) else len(rest) for rest in self._at_rest.values())
-        return len(self._leased) + packed
+        return len(self._leased) + self._packed
 
     async def reserve(self, key: Key, request: ReserveRequest, now: float) -> Decision:
         decision, changed = decisions.decide(self._get(key, now), request, now, self.retention)
@@ -191,11 +193,19 @@ class MemoryStore:
             self._leased.pop(key, None)
             data = pack(key.channel, record)
             rest = self._at_rest.get(key.uid)
-            if rest is None or (isinstance(rest, bytes) and unpack(rest)[0] == key.channel):
+            if rest is None:
                 self._at_rest[key.uid] = data
+                self._packed += 1
             elif isinstance(rest, bytes):
-                self._at_rest[key.uid] = {unpack(rest)[0]: rest, key.channel: data}
+                channel = unpack(rest)[0]
+                if channel == key.channel:
+                    self._at_rest[key.uid] = data
+                else:
+                    self._at_rest[key.uid] = {channel: rest, key.channel: data}
+                    self._packed += 1
             else:
+                if key.channel not in rest:
+                    self._packed += 1
                 rest[key.channel] = data
             self._at_rest.move_to_end(key.uid)
         self._watchers.notify(key)
@@ -212,8 +222,11 @@ class MemoryStore:
         if isinstance(rest, bytes):
             if unpack(rest)[0] == key.channel:
                 del self._at_rest[key.uid]
-        elif rest.pop(key.channel, None) is not None and len(rest) == 1:
-            self._at_rest[key.uid] = next(iter(rest.values()))
+                self._packed -= 1
+        elif rest.pop(key.channel, None) is not None:
+            self._packed -= 1
+            if len(rest) == 1:
+                self._at_rest[key.uid] = next(iter(rest.values()))
 
     def _channels(self, uid: str) -> set[str]:
         known = {key.channel for key in self._leased if key.uid == uid}
@@ -243,3 +256,4 @@ class MemoryStore:
                 self._front = (uid, max(live))
                 return
             del self._at_rest[uid]
+            self._packed -= len(records)
