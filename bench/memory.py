@@ -24,12 +24,12 @@ import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from sendonce_server.channels.base import Delivery
 from sendonce_server.channels.registry import build_channel
 from sendonce_server.engine.decisions import Completion, Reserved, ReserveRequest
 from sendonce_server.engine.engine import Engine, EngineSettings, Receiver
 from sendonce_server.engine.model import AttemptResult, Key, Link, Notification, Outcome, Priority
 from sendonce_server.engine.policy import RetryPolicy
+from sendonce_server.engine.ports import Delivery
 from sendonce_server.store.memory import MemoryStore
 
 from .procs import rss_bytes

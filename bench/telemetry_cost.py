@@ -25,8 +25,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from prometheus_client import CollectorRegistry
 
-from sendonce_server.channels.base import SendStatus
 from sendonce_server.engine.model import DeliveryResult, Key, Outcome
+from sendonce_server.engine.ports import SendStatus
 from sendonce_server.telemetry import Telemetry, TelemetryInterceptor
 
 CALLS = 20_000

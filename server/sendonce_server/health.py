@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
-from .store.base import Store
+from .engine.ports import Store
 
 log = logging.getLogger("sendonce.health")
 

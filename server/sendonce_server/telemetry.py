@@ -30,11 +30,11 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 
 from . import __version__
-from .channels.base import SendStatus
 from .config import ConfigError, tracing_configured
 from .engine.engine import Engine
 from .engine.model import CircuitState, DeliveryResult, Key, Outcome
 from .engine.observer import AttemptObservation
+from .engine.ports import SendStatus
 
 log = logging.getLogger("sendonce.telemetry")
 

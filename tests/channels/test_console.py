@@ -8,9 +8,9 @@ from datetime import datetime
 
 import pytest
 
-from sendonce_server.channels.base import Delivery, SendStatus
 from sendonce_server.channels.console import ConsoleChannel, ConsoleSettings
 from sendonce_server.engine.model import Key, Link, Notification, Priority
+from sendonce_server.engine.ports import Delivery, SendStatus
 
 
 def _delivery(uid: str = "u1", attempt: int = 1) -> Delivery:

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from sendonce_server.channels.base import Delivery, SendResult, SendStatus
 from sendonce_server.channels.email import EmailChannel, EmailSettings
 from sendonce_server.channels.registry import ChannelConfigError, build_channel
 from sendonce_server.engine.model import Key, Link, Notification, Priority
+from sendonce_server.engine.ports import Delivery, SendResult, SendStatus
 from tests.support.smtp_server import SmtpServer, TlsFiles, make_tls_files
 
 # aiosmtpd itself sets the attribute it deprecates whenever a login succeeds.

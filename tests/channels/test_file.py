@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from sendonce_server.channels.base import Delivery, SendStatus
 from sendonce_server.channels.file import FileChannel, FileSettings
 from sendonce_server.engine.model import Key, Notification
+from sendonce_server.engine.ports import Delivery, SendStatus
 
 
 def _delivery(uid: str = "u1", body: str = "") -> Delivery:

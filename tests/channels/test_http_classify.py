@@ -11,7 +11,6 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from sendonce_server.channels.base import SendStatus
 from sendonce_server.channels.http import (
     BODY_EXCERPT_CHARS,
     REDACTED,
@@ -24,6 +23,7 @@ from sendonce_server.channels.http import (
     redact_http_logs,
     url_secrets,
 )
+from sendonce_server.engine.ports import SendStatus
 
 SECRET_URL = "https://hooks.example.com/services/T0001/B0002/s3cr3tT0k3n?key=qu3ryS3cret"
 

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sendonce_server.channels.base import Delivery, SendResult, SendStatus
 from sendonce_server.channels.pagerduty import (
     EVENTS_URL,
     MAX_EVENT_BYTES,
@@ -21,6 +20,7 @@ from sendonce_server.channels.pagerduty import (
 )
 from sendonce_server.channels.registry import ChannelConfigError, build_channel
 from sendonce_server.engine.model import Key, Link, Notification, Priority
+from sendonce_server.engine.ports import Delivery, SendResult, SendStatus
 from tests.support.http_receiver import HttpReceiver, Reply, closed_port_url
 
 ROUTING_KEY = "R0UTINGkey0123456789abcdefABCDEF"

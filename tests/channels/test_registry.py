@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from sendonce_server.channels.base import Channel, Delivery, SendStatus
 from sendonce_server.channels.console import ConsoleChannel
 from sendonce_server.channels.file import FileChannel
 from sendonce_server.channels.noop import NoopChannel
 from sendonce_server.channels.registry import CHANNEL_TYPES, ChannelConfigError, build_channel
 from sendonce_server.channels.webhook import WebhookChannel
 from sendonce_server.engine.model import Key, Notification
+from sendonce_server.engine.ports import Channel, Delivery, SendStatus
 
 SIGNING_SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 SECRET_URL = "https://hooks.example.com/services/T0KEN-abcdef123456"

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from sendonce_server.channels.base import Delivery, SendResult, SendStatus
 from sendonce_server.channels.registry import ChannelConfigError, build_channel
 from sendonce_server.channels.slack import SlackChannel, SlackSettings
 from sendonce_server.engine.model import Key, Link, Notification, Priority
+from sendonce_server.engine.ports import Delivery, SendResult, SendStatus
 from tests.support.http_receiver import HttpReceiver, Reply, closed_port_url
 
 WEBHOOK_TOKEN = "xOxWeBhOoKtOkEn0123456789"

@@ -9,10 +9,10 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from sendonce_server.channels.base import Delivery, SendResult, SendStatus
 from sendonce_server.channels.registry import ChannelConfigError, build_channel
 from sendonce_server.channels.teams import TeamsChannel, TeamsSettings
 from sendonce_server.engine.model import Key, Link, Notification, Priority
+from sendonce_server.engine.ports import Delivery, SendResult, SendStatus
 from tests.support.http_receiver import HttpReceiver, Reply, closed_port_url
 
 SIGNATURE = "SiGnAtUrE-0123456789abcdef"

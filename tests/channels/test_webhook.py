@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from sendonce_server import __version__
-from sendonce_server.channels.base import Delivery, SendResult, SendStatus
 from sendonce_server.channels.webhook import WebhookChannel, WebhookSettings
 from sendonce_server.engine.model import Key, Link, Notification, Priority
+from sendonce_server.engine.ports import Delivery, SendResult, SendStatus
 from tests.support.http_receiver import HttpReceiver, Reply, closed_port_url
 
 SIGNING_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from sendonce_server.channels.base import SendResult, SendStatus
 from sendonce_server.engine.breaker import BreakerSettings, CircuitBreaker
 from sendonce_server.engine.engine import Engine, EngineSettings, Receiver
 from sendonce_server.engine.model import CircuitState, Key, Notification, Outcome
 from sendonce_server.engine.policy import RetryPolicy
+from sendonce_server.engine.ports import SendResult, SendStatus
 from sendonce_server.store.memory import MemoryStore
 from tests.support.scripted_channel import ManualClock, ScriptedChannel
 

@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from sendonce_server.channels.base import SendResult
 from sendonce_server.engine.decisions import Completion, Decision, ReserveRequest
 from sendonce_server.engine.engine import Engine, EngineSettings, Receiver
 from sendonce_server.engine.errors import PayloadMismatch, UnknownChannel
@@ -22,7 +21,7 @@ from sendonce_server.engine.model import (
     Record,
 )
 from sendonce_server.engine.policy import RetryPolicy
-from sendonce_server.store.base import StoreUnavailable
+from sendonce_server.engine.ports import SendResult, StateUnavailable
 from sendonce_server.store.memory import MemoryStore
 from tests.support.scripted_channel import ManualClock, ScriptedChannel
 
@@ -251,7 +250,7 @@ class GatedStore(MemoryStore):
         self.reserves += 1
         if self.reserves == 1:
             await self.gate.wait()
-            raise StoreUnavailable("store down")
+            raise StateUnavailable("store down")
         return await super().reserve(key, request, now)
 
 
@@ -267,7 +266,7 @@ async def test_a_failed_flight_fails_every_caller_and_the_next_call_starts_afres
     answers = await asyncio.gather(*callers, return_exceptions=True)
     after = await engine.deliver(KEY, NOTE)
 
-    assert all(isinstance(answer, StoreUnavailable) for answer in answers), answers
+    assert all(isinstance(answer, StateUnavailable) for answer in answers), answers
     assert (after.outcome, after.attempt) == (Outcome.DELIVERED, 1)
     assert (store.reserves, len(channel.sends), engine.running) == (2, 1, 0)
 
@@ -390,7 +389,7 @@ class FlakyStore(MemoryStore):
     async def complete(self, key: Key, completion: Completion, now: float) -> Record | None:
         if self.failures:
             self.failures -= 1
-            raise StoreUnavailable("redis connection failed")
+            raise StateUnavailable("redis connection failed")
         return await super().complete(key, completion, now)
 
 

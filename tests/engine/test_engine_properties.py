@@ -11,10 +11,10 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from sendonce_server.channels.base import Delivery, SendResult
 from sendonce_server.engine.engine import Engine, EngineSettings, Receiver
 from sendonce_server.engine.model import Key, Lease, Notification, Outcome, Status
 from sendonce_server.engine.policy import RetryPolicy
+from sendonce_server.engine.ports import Delivery, SendResult
 from sendonce_server.store.memory import MemoryStore
 from tests.support.scripted_channel import ManualClock, ScriptedChannel
 

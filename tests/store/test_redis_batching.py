@@ -21,7 +21,7 @@ from redis.exceptions import ResponseError
 
 from sendonce_server.engine.decisions import Completion, Reserved, ReserveRequest, Running
 from sendonce_server.engine.model import AttemptResult, Key, Record, Status
-from sendonce_server.store.base import StoreUnavailable
+from sendonce_server.engine.ports import StateUnavailable
 from sendonce_server.store.redis import _SCRIPT, RedisStore
 from tests.support.redis_server import RedisServer
 from tests.support.wait import until
@@ -218,7 +218,7 @@ async def test_a_connection_lost_mid_batch_fails_its_callers_unavailable_until_r
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
     await asyncio.to_thread(own_redis.start)  # empty: no record, no script
 
-    assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
+    assert all(isinstance(o, StateUnavailable) for o in outcomes), outcomes
     assert {str(o) for o in outcomes} == {"redis connection failed"}
     batch = keys(CALLERS)
     assert all(

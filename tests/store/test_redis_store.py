@@ -12,14 +12,13 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from sendonce_server.channels.base import SendResult
 from sendonce_server.config import ServerSettings
 from sendonce_server.engine.decisions import Completion, Reserved, ReserveRequest
 from sendonce_server.engine.engine import Engine, EngineSettings, Receiver
 from sendonce_server.engine.model import AttemptResult, Key, Notification, Outcome
 from sendonce_server.engine.policy import RetryPolicy
+from sendonce_server.engine.ports import SendResult, StateUnavailable
 from sendonce_server.server import start
-from sendonce_server.store.base import StoreUnavailable
 from sendonce_server.store.redis import RedisStore
 from sendonce_server.store.urls import display_url
 from tests.support.redis_server import free_port
@@ -128,7 +127,7 @@ async def _until_waiting(engine: Engine) -> None:
 async def test_an_unreachable_redis_is_unavailable_and_never_leaks_the_password() -> None:
     store = RedisStore(f"redis://:s3cret-pass@127.0.0.1:{free_port()}/0", timeout=0.5)
     try:
-        with pytest.raises(StoreUnavailable) as error:
+        with pytest.raises(StateUnavailable) as error:
             await store.reserve(KEY, REQUEST, now=0.0)
         assert "s3cret" not in str(error.value)
         assert not await store.ping()

@@ -27,7 +27,7 @@ from sendonce_server.engine.decisions import (
     Running,
 )
 from sendonce_server.engine.model import AttemptResult, Key, Record, Status
-from sendonce_server.store.base import StoreUnavailable
+from sendonce_server.engine.ports import StateUnavailable
 from sendonce_server.store.sqlite import SqliteStore
 
 T0 = 1_800_000_000.0
@@ -267,7 +267,7 @@ async def test_a_lock_held_past_the_busy_timeout_fails_the_batch_and_writes_noth
     later = await store.reserve(keys[0], request(), T0)
     await store.close()
 
-    assert all(isinstance(answer, StoreUnavailable) for answer in answers), answers
+    assert all(isinstance(answer, StateUnavailable) for answer in answers), answers
     assert all(str(path) in str(a) and "database is locked" in str(a) for a in answers)
     assert isinstance(later, Reserved)
     assert later.lease.attempt == 1
@@ -295,7 +295,7 @@ async def test_a_failed_commit_fails_every_caller_of_the_batch_and_is_rolled_bac
     again = await store.reserve(good[0], request(), T0 + 1)
     await store.close()
 
-    assert all(isinstance(answer, StoreUnavailable) for answer in answers), answers
+    assert all(isinstance(answer, StateUnavailable) for answer in answers), answers
     assert all(str(path) in str(a) and "FOREIGN KEY" in str(a) for a in answers)
     assert set(lost) == {GATE}
     assert isinstance(again, Reserved)
@@ -321,7 +321,7 @@ async def test_close_finishes_the_queued_steps_and_stops_the_writer(tmp_path: Pa
     assert closed_answer is None
     assert not writer.is_alive()
     assert writer not in threading.enumerate()
-    with pytest.raises(StoreUnavailable, match="closed"):
+    with pytest.raises(StateUnavailable, match="closed"):
         await store.reserve(Key("late", "hook"), request(), T0)
     assert await store.ping() is False
     assert set(on_disk(path)) == {GATE, *keys}

@@ -20,7 +20,7 @@ from sendonce_server.engine.decisions import (
     Verdict,
 )
 from sendonce_server.engine.model import AttemptResult, Key, Outcome, Receipt, Status
-from sendonce_server.store.base import Store
+from sendonce_server.engine.ports import Store
 from sendonce_server.store.memory import MemoryStore
 from sendonce_server.store.redis import RedisStore
 from sendonce_server.store.sqlite import SqliteStore

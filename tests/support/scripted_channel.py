@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from sendonce_server.channels.base import Delivery, SendResult
+from sendonce_server.engine.ports import Delivery, SendResult
 
 
 @dataclass

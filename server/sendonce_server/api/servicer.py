@@ -12,7 +12,7 @@ from sendonce.v1 import delivery_pb2_grpc as pb_grpc
 from ..engine.engine import Engine
 from ..engine.errors import PayloadMismatch, UnknownChannel
 from ..engine.model import Key
-from ..store.base import StoreUnavailable
+from ..engine.ports import StateUnavailable
 from . import convert, validation
 from .validation import InvalidInput, Limits
 
@@ -21,7 +21,7 @@ _DEADLINE_MARGIN = 0.05
 
 
 # Refusals become status codes that say what to fix. A failed delivery is never one.
-_REFUSALS = (InvalidInput, UnknownChannel, PayloadMismatch, StoreUnavailable)
+_REFUSALS = (InvalidInput, UnknownChannel, PayloadMismatch, StateUnavailable)
 
 
 def _status(error: Exception) -> tuple[grpc.StatusCode, str]:

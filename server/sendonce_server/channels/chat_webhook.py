@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine.model import Notification
-from .base import Delivery, SendResult
+from ..engine.ports import Delivery, SendResult
 from .http import HttpEndpoint, url_problem, url_secrets
 from .secrets import SecretError, SecretRef
 

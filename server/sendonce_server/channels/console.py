@@ -12,7 +12,7 @@ from typing import Literal, TextIO
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine.model import Receipt
-from .base import Delivery, SendResult
+from ..engine.ports import Delivery, SendResult
 
 # One lock for the process: every console channel shares the same two streams.
 _write_lock = threading.Lock()

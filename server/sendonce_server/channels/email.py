@@ -25,7 +25,7 @@ import aiosmtplib
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..engine.model import Notification, Priority, Receipt
-from .base import Delivery, SendResult
+from ..engine.ports import Delivery, SendResult
 from .http import Redactor, body_excerpt, root_cause
 from .markdown import to_html
 from .secrets import SecretError, SecretRef

@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..engine.model import Receipt
-from .base import Delivery, SendResult
+from ..engine.ports import Delivery, SendResult
 from .console import json_line
 
 

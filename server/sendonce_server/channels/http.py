@@ -30,7 +30,7 @@ import httpx
 
 from .. import __version__
 from ..engine.model import Receipt
-from .base import SendResult
+from ..engine.ports import SendResult
 
 REDACTED = "[redacted]"
 # Enough of the body for a person to see why the receiver refused; more only adds leak surface.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine.model import Receipt
-from .base import Delivery, SendResult
+from ..engine.ports import Delivery, SendResult
 
 # One answer for every send: nothing is allocated per delivery.
 _SENT = SendResult.success(Receipt("noop"))

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..engine.model import Notification, Priority, Receipt
-from .base import Delivery, SendResult, SendStatus
+from ..engine.ports import Delivery, SendResult, SendStatus
 from .http import HttpEndpoint, url_problem
 from .secrets import SecretRef
 

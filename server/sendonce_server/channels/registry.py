@@ -9,7 +9,7 @@ from typing import Any, Final
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from .base import Channel
+from ..engine.ports import Channel
 from .secrets import SecretError
 
 # Type name -> (module, settings class, channel class). A module is imported only when a

@@ -19,7 +19,7 @@ from http import HTTPStatus
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 from standardwebhooks.webhooks import Webhook
 
-from .base import Delivery, SendResult
+from ..engine.ports import Delivery, SendResult
 from .http import HttpEndpoint, url_problem, url_secrets
 from .secrets import SecretError, SecretRef
 

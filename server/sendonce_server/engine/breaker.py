@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..channels.base import SendStatus
 from .model import CircuitState
+from .ports import SendStatus
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,8 +18,6 @@ from typing import Protocol
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from ..channels.base import Channel, Delivery, SendResult, SendStatus
-from ..store.base import Store, StoreUnavailable
 from . import decisions
 from .breaker import BreakerSettings, CircuitBreaker
 from .decisions import (
@@ -46,6 +44,7 @@ from .model import (
 )
 from .observer import NullObserver, Observer
 from .policy import RetryPolicy
+from .ports import Channel, Delivery, SendResult, SendStatus, StateUnavailable, Store
 
 log = logging.getLogger("sendonce.engine")
 
@@ -406,10 +405,10 @@ class Engine:
         """
         try:
             return await self.store.complete(key, completion, self.clock.now())
-        except StoreUnavailable:
+        except StateUnavailable:
             pass  # the retries below are off the hot path: most completions land at once
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type(StoreUnavailable),
+            retry=retry_if_exception_type(StateUnavailable),
             stop=stop_after_delay(max(0.0, lease.expires_at - self.clock.now())),
             wait=wait_exponential(multiplier=0.05, max=1.0),
             reraise=True,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 from typing import Protocol
 
-from ..channels.base import SendStatus
 from .model import DeliveryResult, Key
+from .ports import SendStatus
 
 
 class AttemptObservation(Protocol):

@@ -1,5 +1,4 @@
-"""Stores keep the per-key records and apply the engine's decisions atomically."""
+"""Stores keep the per-key records and apply the engine's decisions atomically.
 
-from .base import Store, StoreUnavailable
-
-__all__ = ["Store", "StoreUnavailable"]
+The port they implement is `engine.ports.Store`.
+"""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import Store
+from ..engine.ports import Store
 from .memory import MemoryStore
 from .urls import SQLITE_PREFIX
 

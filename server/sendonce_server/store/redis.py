@@ -11,7 +11,7 @@ made while earlier batches are on the wire) leave together as one non-transactio
 one round trip for the batch (one per node in a cluster). Batching changes the transport only:
 every call is still one script, atomic on the server, and a caller awaits its reserve before
 it sends its complete. The error of one script fails its caller alone; a batch that cannot
-reach Redis fails all its callers with StoreUnavailable. Calls that found the script missing
+reach Redis fails all its callers with StateUnavailable. Calls that found the script missing
 (NOSCRIPT: Redis restarted or flushed its cache) are sent again with EVAL, which caches it.
 Reads (GET), pings and the subscription go to Redis directly.
 """
@@ -54,8 +54,8 @@ from ..engine.decisions import (
     Verdict,
 )
 from ..engine.model import Key, Outcome, Record
+from ..engine.ports import StateUnavailable
 from . import codec
-from .base import StoreUnavailable
 from .urls import CLUSTER_SCHEMES, SENTINEL_SCHEME
 from .watchers import KeyWatchers
 
@@ -277,7 +277,7 @@ class RedisStore:
         finally:
             self._subscribed.clear()
             with contextlib.suppress(RedisError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
 
 
 _Invocation = tuple[list[str], list[Any]]  # the keys and arguments of one script call
@@ -326,7 +326,7 @@ class _Pipeliner:
         self.round_trips = 0  # pipelines sent (NOSCRIPT retries included) and lone calls
 
     async def call(self, keys: list[str], args: list[Any]) -> Any:
-        """The script's reply to this call; StoreUnavailable when Redis cannot be reached."""
+        """The script's reply to this call; StateUnavailable when Redis cannot be reached."""
         if not self._senders and not self._pending:
             return await self._call_at_once((keys, args))
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -339,7 +339,7 @@ class _Pipeliner:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._senders, self._starting = 0, False  # a sender cancelled before it ran
-        _fail(self._pending, StoreUnavailable("redis store closed"))
+        _fail(self._pending, StateUnavailable("redis store closed"))
         self._pending = []
 
     async def _call_at_once(self, invocation: _Invocation) -> Any:
@@ -387,7 +387,7 @@ class _Pipeliner:
             _fail(batch, _unavailable(error))
             return
         except asyncio.CancelledError:
-            _fail(batch, StoreUnavailable("redis store closed"))
+            _fail(batch, StateUnavailable("redis store closed"))
             raise
         except Exception as error:
             _fail(batch, error)  # a bug: every caller of the batch sees it
@@ -467,7 +467,7 @@ def _sentinel_master(url: str, timeout: float) -> aioredis.Redis:
         name, _, port = host.rpartition(":")
         sentinels.append((name or host, int(port) if port.isdigit() else 26379))
     password = unquote(parts.password) if parts.password else None
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
         sentinels,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
@@ -496,5 +496,5 @@ def _reason(error: BaseException) -> str:
     return type(error).__name__
 
 
-def _unavailable(error: BaseException) -> StoreUnavailable:
-    return StoreUnavailable(f"redis {_reason(error)}")
+def _unavailable(error: BaseException) -> StateUnavailable:
+    return StateUnavailable(f"redis {_reason(error)}")

@@ -11,7 +11,7 @@ and run again with each step inside its own `SAVEPOINT`: the failing step is rol
 and fails only its own caller. One `COMMIT`, so one fsync,
 serves the whole batch, and no caller hears its answer before that commit returned: a
 reservation is on disk before its attempt is sent. When BEGIN or COMMIT fails, the batch is
-rolled back and every one of its callers gets `StoreUnavailable`. The answers of a batch reach
+rolled back and every one of its callers gets `StateUnavailable`. The answers of a batch reach
 the event loop in one hand-off.
 
 Reads (`read`, `ping`) go through the same writer, outside any transaction: they see only
@@ -37,8 +37,8 @@ from typing import Any, TypeVar
 from ..engine import decisions
 from ..engine.decisions import Completion, Decision, ReserveRequest
 from ..engine.model import Key, Record
+from ..engine.ports import StateUnavailable
 from . import codec
-from .base import StoreUnavailable
 from .watchers import KeyWatchers
 
 log = logging.getLogger("sendonce.store")
@@ -173,7 +173,7 @@ class SqliteStore:
     async def ping(self) -> bool:
         try:
             await self._submit(_Kind.READ, lambda db: db.execute("SELECT 1").fetchone())
-        except StoreUnavailable as error:
+        except StateUnavailable as error:
             log.warning("%s", error)
             return False
         return True
@@ -181,7 +181,7 @@ class SqliteStore:
     async def close(self) -> None:
         """Let the writer finish what is queued, close the file and stop the writer thread.
 
-        Calls made after this raise `StoreUnavailable`.
+        Calls made after this raise `StateUnavailable`.
         """
         self._closed = True
         writer, self._writer = self._writer, None
@@ -235,7 +235,7 @@ class SqliteStore:
     def _submit(self, kind: _Kind, step: Step[Any]) -> asyncio.Future[Any]:
         """Queue a step for the writer; the future is answered on the caller's loop."""
         if self._closed:
-            raise StoreUnavailable(f"sqlite {self.path}: the store is closed")
+            raise StateUnavailable(f"sqlite {self.path}: the store is closed")
         future = asyncio.get_running_loop().create_future()
         self._jobs.put(_Job(kind, step, future))
         if self._writer is None:
@@ -277,7 +277,7 @@ class SqliteStore:
                 job = self._jobs.get_nowait()
             except queue.Empty:
                 break
-            closed = StoreUnavailable(f"sqlite {self.path}: the store is closed")
+            closed = StateUnavailable(f"sqlite {self.path}: the store is closed")
             refused.append((job.future, closed, None))
         _hand_off([*refused, (stop.future, None, None)])
 
@@ -374,9 +374,9 @@ class SqliteStore:
             log.warning("sqlite %s: rollback failed (%s); reopening the file", self.path, error)
             self._drop_connection()
 
-    def _unavailable(self, error: BaseException) -> StoreUnavailable:
+    def _unavailable(self, error: BaseException) -> StateUnavailable:
         # The file path is configuration, not a secret; the SQL error says what broke.
-        return StoreUnavailable(f"sqlite {self.path}: {error}")
+        return StateUnavailable(f"sqlite {self.path}: {error}")
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
