@@ -11,12 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .api.validation import CHANNEL_PATTERN
+from .engine import defaults
 from .engine.breaker import BreakerSettings
 from .engine.policy import MAX_ATTEMPTS, MIN_ATTEMPTS, PolicyError, RetryPolicy
 from .redaction import RedactionConfig
 from .store.urls import REDIS_SCHEMES, SQLITE_PREFIX
-
-DAY = 86_400.0
 
 
 class ConfigError(Exception):
@@ -57,16 +56,20 @@ class ServerSettings(BaseSettings):
         64 * 1024, gt=0, le=4 * 1024 * 1024, description="Largest notification body accepted"
     )
     shutdown_grace: float = Field(
-        25.0, ge=0, description="Seconds running attempts get to finish on SIGTERM"
+        defaults.SHUTDOWN_GRACE,
+        ge=0,
+        description="Seconds running attempts get to finish on SIGTERM",
     )
     retention: float = Field(
-        7 * DAY, gt=0, description="Seconds a record is kept after its last change"
+        defaults.RETENTION, gt=0, description="Seconds a record is kept after its last change"
     )
     clear_grace: float = Field(
-        600.0, ge=0, description="Seconds a cleared key's tombstone is kept (Clear without force)"
+        defaults.CLEAR_GRACE,
+        ge=0,
+        description="Seconds a cleared key's tombstone is kept (Clear without force)",
     )
     lease_margin: float = Field(
-        5.0, gt=0, description="Seconds a lease outlives its channel's timeout"
+        defaults.LEASE_MARGIN, gt=0, description="Seconds a lease outlives its channel's timeout"
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
     log_format: Literal["text", "json"] = Field(

@@ -126,7 +126,7 @@ async def start(settings: ServerSettings, config: ReceiversFile | None = None) -
     engine = Engine(
         store,
         receivers,
-        settings=EngineSettings(lease_margin=settings.lease_margin),
+        settings=EngineSettings(lease_margin=settings.lease_margin, retention=settings.retention),
         redact=redactor.redact if redactor.rules else None,
     )
     telemetry = None

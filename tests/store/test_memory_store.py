@@ -117,7 +117,7 @@ async def test_writes_sweep_the_records_past_their_retention() -> None:
     store = MemoryStore(retention=RETENTION)
     for index in range(100):
         await deliver(store, Key(f"old-{index}", "hook"))
-    later = T0 + RETENTION + 1
+    later = T0 + 10.0 + RETENTION + 1  # the retention runs from the lease's end
     for index in range(30):
         await deliver(store, Key(f"new-{index}", "hook"), now=later)
     # Each write sweeps up to 4 expired records: the 100 old ones are gone after 25 writes.

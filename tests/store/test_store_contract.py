@@ -32,27 +32,36 @@ GRACE = 60.0
 LEASE = 10.0
 
 
-def request(persisted: int = 0, max_attempts: int = 3, fingerprint: str = "fp-1") -> ReserveRequest:
+def request(
+    persisted: int = 0, max_attempts: int = 3, fingerprint: str = "fp-1", reservation: str = ""
+) -> ReserveRequest:
     return ReserveRequest(
         fingerprint=fingerprint,
         max_attempts=max_attempts,
         persisted_attempts=persisted,
         lease_seconds=LEASE,
+        reservation=reservation,
     )
 
 
-def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+def make_store(
+    kind: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    retention: float = RETENTION,
+    grace: float = GRACE,
+) -> Store:
     if kind == "memory":
-        return MemoryStore(retention=RETENTION, clear_grace=GRACE)
+        return MemoryStore(retention=retention, clear_grace=grace)
     if kind == "sqlite":
-        return SqliteStore(tmp_path / "state.db", retention=RETENTION, clear_grace=GRACE)
+        return SqliteStore(tmp_path / "state.db", retention=retention, clear_grace=grace)
     # The tests' clock runs ahead of Redis's, so the scripts take the tests' time.
     fixture = {"redis-cluster": "redis_cluster_url", "redis-sentinel": "redis_sentinel_url"}
     url = request.getfixturevalue(fixture.get(kind, "redis_url"))
     return RedisStore(
         url,
-        retention=RETENTION,
-        clear_grace=GRACE,
+        retention=retention,
+        clear_grace=grace,
         prefix=f"test-{uuid.uuid4().hex}:",
         server_time=False,
     )
@@ -216,10 +225,10 @@ async def test_clear_reports_running_attempts_and_their_result_still_lands(store
     assert await store.read(other, T0 + 3) is not None
 
 
-async def test_records_expire_after_the_retention(store: Store) -> None:
+async def test_records_expire_after_the_retention_from_the_lease_end(store: Store) -> None:
     await reserve(store)
-    assert await store.read(KEY, T0 + RETENTION - 1) is not None
-    assert await store.read(KEY, T0 + RETENTION + 1) is None
+    assert await store.read(KEY, T0 + LEASE + RETENTION - 1) is not None
+    assert await store.read(KEY, T0 + LEASE + RETENTION + 1) is None
     assert await store.read(Key("never", "seen"), T0) is None
 
 
@@ -244,3 +253,130 @@ async def test_a_completion_from_before_a_forced_clear_leaves_the_new_attempt_al
     assert record is not None
     assert record.lease == new.lease
     assert [(e.number, e.result) for e in record.history] == [(1, AttemptResult.RUNNING)]
+
+
+STORES = ["memory", "sqlite", "redis", "redis-cluster", "redis-sentinel"]
+
+
+@pytest_asyncio.fixture(params=STORES)
+async def short_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A store whose retention and clear grace are far shorter than a lease."""
+    store = make_store(request.param, request, tmp_path, retention=1.0, grace=0.5)
+    yield store
+    await store.close()
+
+
+async def test_a_retention_shorter_than_the_lease_never_expires_a_running_attempt(
+    short_store: Store,
+) -> None:
+    first = await reserve(short_store)
+    second = await short_store.reserve(KEY, request(), T0 + LEASE - 1)
+
+    assert isinstance(second, Running)
+    assert second.lease == first.lease
+    assert await short_store.read(KEY, T0 + LEASE + 0.5) is not None
+    assert await short_store.read(KEY, T0 + LEASE + 1.5) is None
+
+
+async def test_a_tombstone_outlives_the_lease_it_keeps(short_store: Store) -> None:
+    first = await reserve(short_store)
+    await short_store.clear(KEY.uid, [], False, T0 + 1)
+    late = await short_store.reserve(KEY, request(), T0 + LEASE - 1)
+
+    assert isinstance(late, Running)
+    assert late.lease == first.lease
+
+
+@pytest.mark.parametrize("short_store", ["redis", "redis-cluster"], indirect=True)
+async def test_tokens_increase_across_a_forced_clear_past_a_short_retention(
+    short_store: Store,
+) -> None:
+    # Redis keeps the fencing counter in a key with a TTL of real time: it must outlive every
+    # record and lease it numbered, however short the retention.
+    first = await reserve(short_store)
+    await short_store.clear(KEY.uid, [], True, T0 + 1)
+    await asyncio.sleep(1.2)  # the passage of the 1 s retention in Redis's own time
+    second = await reserve(short_store, now=T0 + 2)
+
+    assert second.lease.token > first.lease.token
+
+
+async def test_asking_again_with_the_same_reservation_finds_it(store: Store) -> None:
+    first = await store.reserve(KEY, request(reservation="r-1"), T0)
+    again = await store.reserve(KEY, request(reservation="r-1"), T0 + 1)
+    other = await store.reserve(KEY, request(reservation="r-2"), T0 + 1)
+
+    assert isinstance(first, Reserved)
+    assert isinstance(again, Reserved)
+    assert again.lease == first.lease
+    assert again.record.attempts == 1
+    assert isinstance(other, Running)
+
+
+async def test_a_reservation_found_again_after_its_lease_is_not_handed_out(store: Store) -> None:
+    await store.reserve(KEY, request(reservation="r-1"), T0)
+    late = await store.reserve(KEY, request(reservation="r-1"), T0 + LEASE + 1)
+
+    assert isinstance(late, Reserved)
+    assert late.lease.attempt == 2  # the first counts as abandoned; this is a new attempt
+
+
+def release(reservation: str) -> Completion:
+    return Completion(0, 0, AttemptResult.RELEASED, reservation=reservation)
+
+
+async def test_a_released_reservation_is_not_counted_and_its_token_stays_spent(
+    store: Store,
+) -> None:
+    first = await store.reserve(KEY, request(reservation="r-1"), T0)
+    assert isinstance(first, Reserved)
+    await store.complete(KEY, release("r-2"), T0 + 1)  # not the holder's: changes nothing
+    held = await store.read(KEY, T0 + 1)
+    assert held is not None
+    assert (held.attempts, held.lease) == (1, first.lease)
+    await store.complete(KEY, release("r-1"), T0 + 1)
+    after = await store.read(KEY, T0 + 1)
+    assert after is not None
+    assert (after.attempts, after.lease, after.history) == (0, None, [])
+    second = await store.reserve(KEY, request(reservation="r-3"), T0 + 2)
+
+    assert isinstance(second, Reserved)
+    assert second.lease.attempt == 1
+    assert second.lease.token > first.lease.token
+
+
+async def test_a_joiner_count_above_the_attempt_in_flight_counts_on_top(store: Store) -> None:
+    first = await reserve(store)
+    joined = await store.reserve(KEY, request(persisted=2), T0 + 1)
+    await store.complete(KEY, done(first, AttemptResult.FAILED), T0 + 2)
+    record = await store.read(KEY, T0 + 2)
+
+    assert isinstance(joined, Running)
+    assert joined.record.attempts == 3
+    assert record is not None
+    assert (record.attempts, record.status) == (3, Status.EXHAUSTED)
+
+
+async def test_a_joiner_count_equal_to_the_attempt_in_flight_is_that_attempt(
+    store: Store,
+) -> None:
+    await reserve(store)
+    joined = await store.reserve(KEY, request(persisted=1), T0 + 1)
+
+    assert isinstance(joined, Running)
+    assert joined.record.attempts == 1
+
+
+async def test_a_completion_carries_its_joiners_count(store: Store) -> None:
+    first = await reserve(store)
+    failed = Completion(
+        attempt=first.lease.attempt,
+        token=first.lease.token,
+        result=AttemptResult.FAILED,
+        error="HTTP 500",
+        persisted_attempts=2,
+    )
+    record = await store.complete(KEY, failed, T0 + 1)
+
+    assert record is not None
+    assert (record.attempts, record.status) == (3, Status.EXHAUSTED)

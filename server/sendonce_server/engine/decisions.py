@@ -3,9 +3,11 @@
 Every store applies these atomically (under its lock, in one transaction, or ported to a
 server-side script), so the promises are written down once:
 
-- reserve: payload mismatch, success, permanent failure, running attempt, budget, backoff, then
-  reserve a new attempt (counted now, with a lease and a fencing token).
-- complete: record an attempt's result; a stale token never un-does a success.
+- reserve: payload mismatch, the caller's own reservation again, success, permanent failure,
+  running attempt, budget, backoff, then reserve a new attempt (counted now, with a lease and a
+  fencing token).
+- complete: record an attempt's result, or release a reservation never sent; a stale token never
+  un-does a success.
 - clear: keep a tombstone or forget the key.
 """
 
@@ -35,6 +37,9 @@ class ReserveRequest:
     lease_seconds: float
     # The receiver's circuit breaker refuses a new attempt now (nothing else is affected).
     blocked: bool = False
+    # Unique per flight, the same on each try of one flight: asked again after a lost reply,
+    # the store answers with the reservation it already made instead of a second one.
+    reservation: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +84,28 @@ class Completion:
     # Seconds until the next attempt may start, if this one failed retryably. Relative, so a
     # store that keeps time itself (Redis) measures it with its own clock.
     retry_delay: float = 0.0
+    # The highest `persisted_attempts` of the callers that joined this attempt.
+    persisted_attempts: int = 0
+    # With result RELEASED: the reservation given back (its token may never have reached us).
+    reservation: str = ""
 
 
 def new_record(fingerprint: str, max_attempts: int, now: float) -> Record:
     return Record(fingerprint=fingerprint, max_attempts=max_attempts, fence=int(now * 1_000_000))
+
+
+def count_known_attempts(record: Record, persisted: int, in_flight: int) -> bool:
+    """Fold a caller's count into a record whose attempt number `in_flight` it joined.
+
+    Promise 1 counts max(record, persisted_attempts) for every caller, joiners included. A
+    count a caller learned from this record is at most the number of the attempt in flight
+    (what IN_PROGRESS told it); a higher one comes from elsewhere, so the attempt in flight
+    comes on top of it. Returns whether the record changed.
+    """
+    if persisted <= in_flight or record.attempts > persisted:
+        return False
+    record.attempts = persisted + 1
+    return True
 
 
 def reap_expired_lease(record: Record, now: float) -> bool:
@@ -121,6 +144,15 @@ def decide(
     elif record.fingerprint != request.fingerprint:
         return Mismatch(), False
 
+    lease = record.lease
+    if (
+        lease is not None
+        and request.reservation
+        and lease.reservation == request.reservation
+        and lease.expires_at > now
+    ):
+        return Reserved(lease, record), False
+
     if record.status is Status.DELIVERED:
         return Verdict(Outcome.ALREADY_DELIVERED, record), changed
     if record.status is Status.FAILED_PERMANENT:
@@ -128,6 +160,7 @@ def decide(
 
     changed |= reap_expired_lease(record, now)
     if record.lease is not None:
+        changed |= count_known_attempts(record, request.persisted_attempts, record.lease.attempt)
         return Running(record.lease, record), changed
 
     if record.status is Status.OPEN:
@@ -150,12 +183,14 @@ def decide(
     record.attempts += 1
     record.fence += 1
     expires_at = now + request.lease_seconds
-    lease = Lease(attempt=record.attempts, token=record.fence, expires_at=expires_at)
+    lease = Lease(record.attempts, record.fence, expires_at, request.reservation)
     record.lease = lease
     record.history.append(AttemptEntry(lease.attempt, now, token=lease.token))
     # A key delivered again after a default clear is a live record once more.
     record.cleared = False
-    record.expires_at = max(record.expires_at, now + retention)
+    # Kept for `retention` after the attempt may last report, however short the retention: a
+    # record that expired under its lease would let a second attempt start.
+    record.expires_at = max(record.expires_at, expires_at + retention)
     return Reserved(lease, record), True
 
 
@@ -168,14 +203,19 @@ def complete(record: Record | None, completion: Completion, now: float, retentio
     """
     if record is None:
         return False
+    lease = record.lease
+    if completion.result is AttemptResult.RELEASED:
+        ours = lease is not None and lease.reservation == completion.reservation
+        return bool(completion.reservation) and ours and release(record)
+    current = lease is not None and lease.token == completion.token
     entry = record.entry(completion.attempt, completion.token)
     if entry is not None:
         entry.result = completion.result
         entry.error = completion.error
         entry.finished_at = now
-    current = record.lease is not None and record.lease.token == completion.token
     if current:
         record.lease = None
+        count_known_attempts(record, completion.persisted_attempts, completion.attempt)
     succeeded = completion.result is AttemptResult.SUCCEEDED
     if succeeded and record.status is not Status.DELIVERED:
         # A success always wins, even from a stale holder: promise 2 outranks the budget.
@@ -196,12 +236,30 @@ def complete(record: Record | None, completion: Completion, now: float, retentio
     return True
 
 
+def release(record: Record) -> bool:
+    """Give back the current reservation: its attempt was never sent, so it is not counted.
+
+    The fencing token stays spent, so a late completion of it changes nothing.
+    """
+    lease = record.lease
+    if lease is None:
+        return False
+    record.lease = None
+    record.history = [e for e in record.history if e.token != lease.token]
+    record.attempts -= 1
+    return True
+
+
 def tombstone(record: Record, now: float, grace: float) -> None:
-    """Shrink a record to what a late caller needs: attempts used, status, fingerprint, lease."""
+    """Shrink a record to what a late caller needs: attempts used, status, fingerprint, lease.
+
+    A tombstone outlives the lease it keeps: gone earlier, it would let a second attempt start.
+    """
     record.cleared = True
     keep = (AttemptResult.RUNNING, AttemptResult.SUCCEEDED)
     record.history = [entry for entry in record.history if entry.result in keep]
-    record.expires_at = now + grace
+    lease_end = record.lease.expires_at if record.lease is not None else now
+    record.expires_at = max(now, lease_end) + grace
 
 
 def state_of(

@@ -1,14 +1,15 @@
 """The engine: coalesces concurrent calls per key, asks the store to decide, runs the attempt.
 
-Data flow of a Deliver: join the key's flight in this process or start one; the flight asks
-the store for a decision (an atomic reserve), sends through the channel when an attempt was
-reserved, and records the result with the lease's fencing token. Flights run detached from the
-callers, so a caller that cancels or times out never cancels the attempt nor fails the others.
+Data flow of a Deliver: join the key's flight in this process or start one (flight.py); the
+flight asks the store for a decision (an atomic reserve), sends through the channel when an
+attempt was reserved and records the result with the lease's fencing token, or waits for
+another holder's attempt (holder.py). Every answer is built from one record (answers.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import random
 import time
@@ -18,18 +19,13 @@ from typing import Protocol
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from . import decisions
+from . import decisions, defaults
+from .answers import answer, in_progress
 from .breaker import BreakerSettings, CircuitBreaker
-from .decisions import (
-    Completion,
-    Decision,
-    Mismatch,
-    Reserved,
-    ReserveRequest,
-    Running,
-    Verdict,
-)
+from .decisions import Completion, Decision, Mismatch, Reserved, ReserveRequest, Running, Verdict
 from .errors import PayloadMismatch, UnknownChannel
+from .flight import EXPIRED, DeliverRequest, Flight, expire
+from .holder import SKEW_WAIT, await_holder
 from .model import (
     AttemptResult,
     ClearResult,
@@ -40,7 +36,6 @@ from .model import (
     Notification,
     Outcome,
     Record,
-    Status,
 )
 from .observer import NullObserver, Observer
 from .policy import RetryPolicy
@@ -78,55 +73,11 @@ class Receiver:
 
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
-    # A lease outlives the channel's timeout by this much, so only a crashed or hung holder
-    # ever loses it.
-    lease_margin: float = 5.0
-    # Longest retry_after suggested with IN_PROGRESS.
-    in_progress_retry_after: float = 1.0
-
-
-class _Expired:
-    """What a waiter gets when its caller's deadline comes first."""
-
-
-_EXPIRED = _Expired()
-_Step = DeliveryResult | Running
-
-
-@dataclass(slots=True)
-class _Flight:
-    """The one running Deliver for a key in this process; concurrent callers join it.
-
-    Each caller waits on a future of its own, which the flight resolves when it lands: a
-    caller that is cancelled (or whose deadline passes) only gives up its own future, never
-    the flight.
-    """
-
-    fingerprint: str
-    task: asyncio.Task[None] = field(init=False)
-    lease: Lease | None = None
-    attempts_used: int = 0
-    max_attempts: int = 0
-    waiters: list[asyncio.Future[_Step | _Expired]] = field(default_factory=list)
-
-    def land(self, step: _Step) -> None:
-        for waiter in self.waiters:
-            if not waiter.done():
-                waiter.set_result(step)
-
-    def fail(self, error: BaseException) -> None:
-        for waiter in self.waiters:
-            if waiter.done():
-                continue
-            if isinstance(error, asyncio.CancelledError):
-                waiter.cancel()
-            else:
-                waiter.set_exception(error)
-
-
-def _expire(waiter: asyncio.Future[_Step | _Expired]) -> None:
-    if not waiter.done():
-        waiter.set_result(_EXPIRED)
+    lease_margin: float = defaults.LEASE_MARGIN
+    in_progress_retry_after: float = defaults.IN_PROGRESS_RETRY_AFTER
+    reserve_retry: float = defaults.RESERVE_RETRY
+    # Applied to the answer built when the store could not record a result.
+    retention: float = defaults.RETENTION
 
 
 class Engine:
@@ -149,7 +100,9 @@ class Engine:
         self.observer: Observer = observer if observer is not None else NullObserver()
         # Applied to what channels see; the fingerprint is always of the payload as given.
         self._redact = redact
-        self._flights: dict[Key, _Flight] = {}
+        self._flights: dict[Key, Flight] = {}
+        # Reservations whose reply was lost, being given back while their lease holds.
+        self._releases: set[asyncio.Task[None]] = set()
         self.breakers = {
             r.name: CircuitBreaker(r.breaker, self.clock.now) for r in self.receivers.values()
         }
@@ -198,48 +151,49 @@ class Engine:
         timeout: float | None,
     ) -> DeliveryResult:
         receiver = self.receiver(key.channel)
-        policy = policy or receiver.policy
         fingerprint = notification.fingerprint()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        seen: Lease | None = None
         while True:
             flight = self._flights.get(key)
             joined = flight is not None
             if flight is None:
-                flight = self._launch(
-                    key, notification, fingerprint, policy, persisted_attempts, receiver
+                request = DeliverRequest(
+                    key, notification, fingerprint, policy or receiver.policy, receiver
                 )
-            elif flight.fingerprint != fingerprint:
+                flight = self._launch(request, persisted_attempts)
+            elif flight.request.fingerprint != fingerprint:
+                # Only the store knows the key's payload: until it has answered the other
+                # flight, that payload may yet lose to ours.
+                if not await self._lost_to(flight, deadline):
+                    continue
                 raise PayloadMismatch(key)
-            waiter: asyncio.Future[_Step | _Expired] = loop.create_future()
-            flight.waiters.append(waiter)
-            expiry = None if deadline is None else loop.call_at(deadline, _expire, waiter)
+            waiter = flight.join(persisted_attempts)
+            expiry = None if deadline is None else loop.call_at(deadline, expire, waiter)
             self._waiting += 1
             try:
-                step = await waiter
+                result = await waiter
             finally:
                 self._waiting -= 1
                 if expiry is not None:
                     expiry.cancel()
-            if isinstance(step, _Expired):
-                waiting = self._in_progress(flight.lease, flight.attempts_used, flight.max_attempts)
-                return replace(waiting, shared=joined)
-            if isinstance(step, DeliveryResult):
-                return replace(step, shared=True) if joined else step
-            try:
-                # The whole wait, its subscription and reads included, ends by the deadline.
-                async with asyncio.timeout_at(deadline):
-                    # The same lease twice: the store's clock has not expired it yet although
-                    # ours has (skew); wait a moment instead of asking again at once.
-                    patience = _SKEW_PATIENCE if step.lease == seen else 0.0
-                    seen = step.lease
-                    shared = await self._await_foreign(key, step.lease, deadline, patience)
-            except TimeoutError:
-                record = step.record
-                return self._in_progress(step.lease, record.attempts, record.max_attempts)
-            if shared is not None:
-                return shared
+            if result is EXPIRED:
+                return self._in_progress(flight)
+            assert isinstance(result, DeliveryResult)
+            return replace(result, shared=True) if joined else result
+
+    async def _lost_to(self, flight: Flight, deadline: float | None) -> bool:
+        """Whether the store took `flight`'s payload as the key's; False once it ended without."""
+        accepted = asyncio.ensure_future(flight.payload_accepted.wait())
+        remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
+        try:
+            await asyncio.wait(
+                [accepted, flight.task], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            accepted.cancel()
+        # Past the deadline with the question still open: the other payload is the one deciding.
+        return flight.payload_accepted.is_set() or not flight.task.done()
 
     async def attempt_count(self, key: Key, persisted_attempts: int = 0) -> KeyState:
         receiver = self.receiver(key.channel)
@@ -258,108 +212,169 @@ class Engine:
     async def drain(self, grace: float) -> int:
         """Wait up to `grace` seconds for running attempts; returns how many are still running."""
         tasks = [flight.task for flight in self._flights.values()]
-        if tasks:
-            await asyncio.wait(tasks, timeout=grace)
+        if tasks or self._releases:
+            await asyncio.wait([*tasks, *self._releases], timeout=grace)
         return sum(not task.done() for task in tasks)
 
     async def close(self) -> None:
+        for task in self._releases:
+            task.cancel()
         for receiver in self.receivers.values():
             await receiver.channel.close()
         await self.store.close()
 
-    def _launch(
-        self,
-        key: Key,
-        notification: Notification,
-        fingerprint: str,
-        policy: RetryPolicy,
-        persisted_attempts: int,
-        receiver: Receiver,
-    ) -> _Flight:
-        flight = _Flight(
-            fingerprint, attempts_used=persisted_attempts, max_attempts=policy.max_attempts
-        )
+    def _launch(self, request: DeliverRequest, persisted_attempts: int) -> Flight:
+        flight = Flight(request, persisted_attempts)
         flight.task = asyncio.create_task(
-            self._run(flight, key, notification, policy, persisted_attempts, receiver),
-            name=f"sendonce-flight-{key.channel}",
+            self._run(flight), name=f"sendonce-flight-{request.key.channel}"
         )
-        self._flights[key] = flight
+        self._flights[request.key] = flight
         return flight
 
-    async def _run(
-        self,
-        flight: _Flight,
-        key: Key,
-        notification: Notification,
-        policy: RetryPolicy,
-        persisted_attempts: int,
-        receiver: Receiver,
-    ) -> None:
-        """The flight's task: fly, then hand the outcome (or the error) to every waiter."""
+    async def _run(self, flight: Flight) -> None:
+        """The flight's task: fly, then hand the answer (or the error) to every waiter."""
+        key = flight.request.key
         try:
-            step = await self._fly(flight, key, notification, policy, persisted_attempts, receiver)
+            result = await self._fly(flight)
         except BaseException as error:
             flight.fail(error)
             if not isinstance(error, Exception):
                 raise  # cancelled (shutdown) or exiting: the task ends so
             log.debug("flight for %s ended with %r", key.channel, error)
         else:
-            flight.land(step)
+            if result is not None:
+                flight.resolve(result)
         finally:
             if self._flights.get(key) is flight:
                 del self._flights[key]
 
-    async def _fly(
-        self,
-        flight: _Flight,
-        key: Key,
-        notification: Notification,
-        policy: RetryPolicy,
-        persisted_attempts: int,
-        receiver: Receiver,
-    ) -> _Step:
-        breaker = self.breakers[receiver.name]
+    async def _fly(self, flight: Flight) -> DeliveryResult | None:
+        """Decide until there is an answer; None when no caller is left to take one."""
+        skew_wait = 0.0
+        while True:
+            asked = flight.persisted_attempts
+            now = self.clock.now()
+            decision = await self._reserve(flight, asked, now)
+            if isinstance(decision, Mismatch):
+                raise PayloadMismatch(flight.request.key)
+            flight.payload_accepted.set()
+            flight.attempts_used = decision.record.attempts
+            if isinstance(decision, Verdict):
+                result = answer(decision.record, now, decision.outcome)
+                if decision.outcome is Outcome.CIRCUIT_OPEN:
+                    breaker = self.breakers[flight.request.receiver.name]
+                    result = replace(result, retry_after=breaker.retry_after() or 0.0)
+                return result
+            if flight.persisted_attempts > asked:
+                # A caller joined with a count this decision did not see: give the attempt
+                # back unsent (or fold the count into the running one) and decide again.
+                if isinstance(decision, Reserved):
+                    await self._release(flight, decision.lease)
+                continue
+            flight.lease = decision.lease
+            if isinstance(decision, Reserved):
+                return await self._attempt(flight, decision)
+            assert isinstance(decision, Running)
+            shared = await await_holder(
+                self.store, self.clock.now, flight.request.key, decision.lease, skew_wait=skew_wait
+            )
+            if shared is not None:
+                return shared
+            if not flight.wanted:
+                return None
+            # The same lease again next time means the store's clock has not expired it yet
+            # although ours has (skew): wait a moment instead of asking again at once.
+            skew_wait = SKEW_WAIT if decision.lease.expires_at <= self.clock.now() else 0.0
+
+    async def _reserve(self, flight: Flight, persisted_attempts: int, now: float) -> Decision:
+        """Ask the store for a decision; a lost reply is asked again with the same reservation.
+
+        When the store stays out of reach, the reservation it may have made is given back in
+        the background while its lease holds, so that an attempt never sent is not counted.
+        """
+        request = flight.request
+        breaker = self.breakers[request.receiver.name]
         permitted = breaker.acquire()
-        request = ReserveRequest(
-            fingerprint=flight.fingerprint,
-            max_attempts=policy.max_attempts,
+        reserve = ReserveRequest(
+            fingerprint=request.fingerprint,
+            max_attempts=request.policy.max_attempts,
             persisted_attempts=persisted_attempts,
-            lease_seconds=receiver.channel.timeout + self.settings.lease_margin,
+            lease_seconds=request.receiver.channel.timeout + self.settings.lease_margin,
             blocked=not permitted,
+            reservation=flight.reservation,
         )
-        now = self.clock.now()
         decision: Decision | None = None
         try:
-            decision = await self.store.reserve(key, request, now)
+            decision = await self._ask(request.key, reserve, now)
+        except StateUnavailable:
+            self._release_later(request.key, flight.reservation, now + reserve.lease_seconds)
+            raise
         finally:
             # A permission only an attempt may use: give it back when none was reserved.
             if permitted and not isinstance(decision, Reserved):
                 breaker.release()
-        if isinstance(decision, Mismatch):
-            raise PayloadMismatch(key)
-        flight.attempts_used = decision.record.attempts
-        flight.max_attempts = decision.record.max_attempts
-        if isinstance(decision, Verdict):
-            result = _result(decision.outcome, decision.record, now)
-            if decision.outcome is Outcome.CIRCUIT_OPEN:
-                result = replace(result, retry_after=breaker.retry_after() or 0.0)
-            return result
-        if isinstance(decision, Running):
-            flight.lease = decision.lease
-            return decision
-        assert isinstance(decision, Reserved)
-        flight.lease = decision.lease
-        return await self._attempt(key, notification, policy, receiver, decision)
+        return decision
 
-    async def _attempt(
-        self,
-        key: Key,
-        notification: Notification,
-        policy: RetryPolicy,
-        receiver: Receiver,
-        reserved: Reserved,
-    ) -> DeliveryResult:
-        lease = reserved.lease
+    async def _ask(self, key: Key, request: ReserveRequest, now: float) -> Decision:
+        try:
+            return await self.store.reserve(key, request, now)
+        except StateUnavailable:
+            pass  # the retries below are off the hot path: most reserves land at once
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(StateUnavailable),
+            stop=stop_after_delay(self.settings.reserve_retry),
+            wait=wait_exponential(multiplier=0.05, max=0.5),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self.store.reserve(key, request, self.clock.now())
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    async def _release(self, flight: Flight, lease: Lease) -> None:
+        release = Completion(
+            attempt=lease.attempt,
+            token=lease.token,
+            result=AttemptResult.RELEASED,
+            reservation=flight.reservation,
+        )
+        try:
+            await self.store.complete(flight.request.key, release, self.clock.now())
+        except StateUnavailable:
+            self._release_later(flight.request.key, flight.reservation, lease.expires_at)
+            raise
+
+    def _release_later(self, key: Key, reservation: str, until: float) -> None:
+        task = asyncio.create_task(
+            self._keep_releasing(key, reservation, until), name="sendonce-release"
+        )
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _keep_releasing(self, key: Key, reservation: str, until: float) -> None:
+        """Give back a reservation whose reply was lost; past its lease it counts as abandoned."""
+        release = Completion(0, 0, AttemptResult.RELEASED, reservation=reservation)
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(StateUnavailable),
+            stop=stop_after_delay(max(0.0, until - self.clock.now())),
+            wait=wait_exponential(multiplier=0.1, max=2.0),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await self.store.complete(key, release, self.clock.now())
+        except StateUnavailable:
+            log.warning(
+                "could not give back a reservation on %s before its lease ended: "
+                "its attempt counts as abandoned",
+                key.channel,
+            )
+
+    async def _attempt(self, flight: Flight, reserved: Reserved) -> DeliveryResult:
+        request = flight.request
+        key, receiver, lease = request.key, request.receiver, reserved.lease
+        notification = request.notification
         started = time.monotonic()
         if self._redact is not None:
             notification = self._redact(notification)
@@ -368,10 +383,11 @@ class Engine:
             observation.finished(sent.status)
         self.breakers[receiver.name].record(sent.status)
         self._after_send(key, lease)
-        now = self.clock.now()
         retry_delay = 0.0  # only a retryable failure waits before the next attempt
         if sent.status is SendStatus.RETRYABLE:
-            retry_delay = max(policy.backoff(lease.attempt, self._rng), sent.retry_after or 0.0)
+            retry_delay = max(
+                request.policy.backoff(lease.attempt, self._rng), sent.retry_after or 0.0
+            )
         completion = Completion(
             attempt=lease.attempt,
             token=lease.token,
@@ -379,6 +395,7 @@ class Engine:
             error=sent.error,
             receipt=sent.receipt,
             retry_delay=retry_delay,
+            persisted_attempts=flight.persisted_attempts,
         )
         log.info(
             "attempt finished",
@@ -392,7 +409,13 @@ class Engine:
             },
         )
         record = await self._complete(key, completion, lease)
-        return _own_result(sent, completion, reserved.record, record, now)
+        now = self.clock.now()
+        if record is None:
+            # Not recorded (store out of reach, or the key cleared with force meanwhile): the
+            # answer is the record as the completion would have left it.
+            record = copy.deepcopy(reserved.record)
+            decisions.complete(record, completion, now, self.settings.retention)
+        return answer(record, now)
 
     def _after_send(self, key: Key, lease: Lease) -> None:
         """Test seam: a subclass may raise here to play a holder that dies before completing."""
@@ -436,129 +459,12 @@ class Engine:
             log.error("channel %s raised %s", receiver.name, type(exc).__name__)
             return SendResult.retryable(f"channel error: {type(exc).__name__}")
 
-    async def _await_foreign(
-        self, key: Key, lease: Lease, deadline: float | None, patience: float = 0.0
-    ) -> DeliveryResult | None:
-        """Wait for another holder's attempt; its result is shared, None means decide again."""
-        loop = asyncio.get_running_loop()
-        async with self.store.watch(key) as changed:
-            while True:
-                # Cleared before the read, never after: a change notified while the read is
-                # awaited (a completion published by another replica) must wake the wait below.
-                changed.clear()
-                now = self.clock.now()
-                record = await self.store.read(key, now)
-                entry = record.entry(lease.attempt, lease.token) if record is not None else None
-                if record is None or entry is None:
-                    return None
-                if entry.result in _FINISHED:
-                    return replace(
-                        _attempt_result(entry.result, record, now, lease.attempt), shared=True
-                    )
-                if record.lease is None or record.lease.token != lease.token:
-                    return None
-                wait = record.lease.expires_at - now
-                if deadline is not None:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        return self._in_progress(lease, record.attempts, record.max_attempts)
-                    wait = min(wait, remaining)
-                if wait <= 0:
-                    if not patience:
-                        return None
-                    wait, patience = patience, 0.0
-                try:
-                    async with asyncio.timeout(wait):
-                        await changed.wait()
-                except TimeoutError:
-                    pass
-
-    def _in_progress(self, lease: Lease | None, used: int, max_attempts: int) -> DeliveryResult:
-        retry_after = self.settings.in_progress_retry_after
-        if lease is not None:
-            retry_after = max(0.0, min(retry_after, lease.expires_at - self.clock.now()))
-        return DeliveryResult(
-            outcome=Outcome.IN_PROGRESS,
-            attempt=lease.attempt if lease else 0,
-            attempts_used=used,
-            max_attempts=max_attempts,
-            retry_after=retry_after,
-            shared=True,
+    def _in_progress(self, flight: Flight) -> DeliveryResult:
+        max_attempts = flight.request.policy.max_attempts
+        return in_progress(
+            flight.lease,
+            max(flight.attempts_used, flight.persisted_attempts),
+            max_attempts,
+            self.clock.now(),
+            self.settings.in_progress_retry_after,
         )
-
-
-# How long to wait before asking again for a lease that has expired by our clock only.
-_SKEW_PATIENCE = 0.05
-_FINISHED = (AttemptResult.SUCCEEDED, AttemptResult.FAILED, AttemptResult.FAILED_PERMANENT)
-
-
-def _result(
-    outcome: Outcome, record: Record, now: float, attempt: int | None = None
-) -> DeliveryResult:
-    """An answer built from the key's record."""
-    retry_after = None
-    if record.status is Status.OPEN and record.next_attempt_at > now:
-        retry_after = record.next_attempt_at - now
-    if attempt is None:
-        attempt = record.attempts
-        if record.status is Status.DELIVERED:
-            attempt = next(
-                (e.number for e in record.history if e.result is AttemptResult.SUCCEEDED), attempt
-            )
-    return DeliveryResult(
-        outcome=outcome,
-        attempt=attempt,
-        attempts_used=record.attempts,
-        max_attempts=record.max_attempts,
-        retry_after=retry_after,
-        last_error=record.last_error,
-        final=record.final,
-        receipt=record.receipt if record.status is Status.DELIVERED else None,
-    )
-
-
-def _attempt_result(
-    result: AttemptResult, record: Record, now: float, attempt: int
-) -> DeliveryResult:
-    """The answer for a finished attempt, as its own caller would have received it."""
-    if result is AttemptResult.SUCCEEDED:
-        return _result(Outcome.DELIVERED, record, now, attempt)
-    if result is AttemptResult.FAILED_PERMANENT:
-        return _result(Outcome.FAILED_PERMANENT, record, now, attempt)
-    if record.status is Status.EXHAUSTED:
-        return _result(Outcome.EXHAUSTED, record, now, attempt)
-    return _result(Outcome.FAILED, record, now, attempt)
-
-
-def _own_result(
-    sent: SendResult,
-    completion: Completion,
-    reserved: Record,
-    record: Record | None,
-    now: float,
-) -> DeliveryResult:
-    """The answer for this caller's attempt, even when the store could not record it."""
-    if record is not None:
-        result = _attempt_result(completion.result, record, now, completion.attempt)
-        if sent.status is SendStatus.SUCCESS and result.receipt is not sent.receipt:
-            # Our own receipt, even if an older holder's late success was recorded first.
-            return replace(result, receipt=sent.receipt)
-        return result
-    retry_after = completion.retry_delay
-    outcome = {
-        SendStatus.SUCCESS: Outcome.DELIVERED,
-        SendStatus.PERMANENT: Outcome.FAILED_PERMANENT,
-        SendStatus.RETRYABLE: Outcome.FAILED,
-    }[sent.status]
-    if outcome is Outcome.FAILED and completion.attempt >= reserved.max_attempts:
-        outcome = Outcome.EXHAUSTED
-    return DeliveryResult(
-        outcome=outcome,
-        attempt=completion.attempt,
-        attempts_used=completion.attempt,
-        max_attempts=reserved.max_attempts,
-        retry_after=retry_after if outcome is Outcome.FAILED else None,
-        last_error=sent.error,
-        final=outcome is not Outcome.FAILED,
-        receipt=sent.receipt,
-    )

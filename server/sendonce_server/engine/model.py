@@ -112,6 +112,8 @@ class AttemptResult(enum.Enum):
     FAILED = "failed"
     FAILED_PERMANENT = "failed_permanent"
     ABANDONED = "abandoned"
+    # Never stored: a completion that gives back a reservation whose attempt was never sent.
+    RELEASED = "released"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +142,8 @@ class Lease:
     attempt: int
     token: int
     expires_at: float
+    # Chosen by the caller before it asks: a caller that lost the reply finds its own lease.
+    reservation: str = ""
 
 
 @dataclass(slots=True)

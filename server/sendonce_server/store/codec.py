@@ -40,7 +40,8 @@ def dumps(record: Record) -> str:
         ],
     }
     if record.lease is not None:
-        data["lease"] = [record.lease.attempt, record.lease.token, record.lease.expires_at]
+        lease = record.lease
+        data["lease"] = [lease.attempt, lease.token, lease.expires_at, lease.reservation]
     if record.receipt is not None:
         data["rcpt"] = [record.receipt.reference, dict(record.receipt.details)]
     try:
@@ -61,7 +62,7 @@ def loads(text: str) -> Record:
         max_attempts=data["max"],
         attempts=data["n"],
         status=_STATUS[data["st"]],
-        lease=Lease(*lease) if lease else None,
+        lease=Lease(*lease) if lease else None,  # 3 fields when written before reservations
         next_attempt_at=data["next"],
         last_error=data["err"],
         # A JSON encoder without arrays vs objects (Redis's cjson) writes an empty one as {}.

@@ -16,12 +16,11 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 
-from ..engine import decisions
+from ..engine import decisions, defaults
 from ..engine.decisions import Completion, Decision, ReserveRequest
 from ..engine.model import AttemptEntry, AttemptResult, Key, Lease, Receipt, Record, Status
 from .watchers import KeyWatchers
 
-DAY = 86_400.0
 # Expired records swept per write: amortised O(1), so no background task is needed.
 _SWEEP_PER_WRITE = 4
 
@@ -46,7 +45,9 @@ def pack(channel: str, record: Record) -> bytes:
             record.max_attempts,
             record.attempts,
             _STATUS_INDEX[record.status],
-            None if lease is None else (lease.attempt, lease.token, lease.expires_at),
+            None
+            if lease is None
+            else (lease.attempt, lease.token, lease.expires_at, lease.reservation),
             record.next_attempt_at,
             record.last_error,
             None if receipt is None else (receipt.reference, tuple(receipt.details.items())),
@@ -99,7 +100,9 @@ def unpack(data: bytes) -> tuple[str, Record]:
 class MemoryStore:
     """Records in dicts. Each method runs without awaiting, so it is atomic on the event loop."""
 
-    def __init__(self, *, retention: float = 7 * DAY, clear_grace: float = 600.0) -> None:
+    def __init__(
+        self, *, retention: float = defaults.RETENTION, clear_grace: float = defaults.CLEAR_GRACE
+    ) -> None:
         self.retention = retention
         self.clear_grace = clear_grace
         # By uid, ordered by last write: the oldest sits in front for the sweep. A tombstone's

@@ -44,6 +44,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ..engine import defaults
 from ..engine.decisions import (
     Completion,
     Decision,
@@ -61,7 +62,6 @@ from .watchers import KeyWatchers
 
 log = logging.getLogger("sendonce.store")
 
-DAY = 86_400.0
 _SCRIPT = resources.files(__package__).joinpath("redis_decisions.lua").read_text()
 # Failures of reaching Redis; any other error (e.g. from the script) is a bug to surface.
 _UNREACHABLE = (
@@ -89,8 +89,8 @@ class RedisStore:
         self,
         url: str,
         *,
-        retention: float = 7 * DAY,
-        clear_grace: float = 600.0,
+        retention: float = defaults.RETENTION,
+        clear_grace: float = defaults.CLEAR_GRACE,
         prefix: str = "sendonce:",
         timeout: float = 2.0,
         server_time: bool = True,
@@ -145,6 +145,7 @@ class RedisStore:
                 request.lease_seconds,
                 self.retention,
                 "1" if request.blocked else "0",
+                request.reservation,
             ],
         )
         if kind == "mismatch":
@@ -177,6 +178,8 @@ class RedisStore:
                 completion.retry_delay,
                 self.retention,
                 self._changes,
+                completion.persisted_attempts,
+                completion.reservation,
             ],
         )
         return None if kind == "gone" else codec.loads(raw)

@@ -36,6 +36,15 @@ local function save(key, index, channel, record, now)
   end
 end
 
+-- A joiner's count above the attempt in flight comes from elsewhere: that attempt is on top.
+local function count_known_attempts(record, persisted, in_flight)
+  if persisted <= in_flight or record.n > persisted then
+    return false
+  end
+  record.n = persisted + 1
+  return true
+end
+
 local function reap_expired_lease(record, now)
   local lease = record.lease
   if lease == nil or lease[3] > now then
@@ -57,12 +66,14 @@ local function reap_expired_lease(record, now)
 end
 
 -- KEYS: record, fence, index. ARGV: now, channel, fingerprint, max_attempts, persisted,
--- lease_seconds, retention, blocked ('1' when the circuit breaker refuses a new attempt).
+-- lease_seconds, retention, blocked ('1' when the circuit breaker refuses a new attempt),
+-- reservation (the caller's id for the attempt it asks for, '' for none).
 local function reserve()
   local now = clock(ARGV[1])
   local channel, fingerprint = ARGV[2], ARGV[3]
   local max_attempts, persisted = tonumber(ARGV[4]), tonumber(ARGV[5])
   local lease_seconds, retention = tonumber(ARGV[6]), tonumber(ARGV[7])
+  local reservation = ARGV[9] or ''
   local raw = redis.call('GET', KEYS[1])
   local record
   local changed = false
@@ -75,6 +86,11 @@ local function reserve()
     record = {fp = fingerprint, max = max_attempts, n = 0, st = 'open', next = 0, err = '',
               cl = false, exp = now + retention, h = {}}
     changed = true
+  end
+
+  local held = record.lease
+  if held ~= nil and reservation ~= '' and held[4] == reservation and held[3] > now then
+    return {'reserved', raw}
   end
 
   local function verdict(outcome)
@@ -94,6 +110,9 @@ local function reserve()
     changed = true
   end
   if record.lease ~= nil then
+    if count_known_attempts(record, persisted, record.lease[1]) then
+      changed = true
+    end
     return verdict('running')
   end
   if record.st == 'open' then
@@ -120,17 +139,24 @@ local function reserve()
 
   record.n = record.n + 1
   local token = redis.call('INCR', KEYS[2])
-  redis.call('EXPIRE', KEYS[2], math.ceil(retention))
-  record.lease = {record.n, token, now + lease_seconds}
+  record.lease = {record.n, token, now + lease_seconds, reservation}
   table.insert(record.h, {record.n, now, 'running', cjson.null, '', token})
   record.cl = false
-  record.exp = math.max(record.exp, now + retention)
+  -- Kept for the retention after the attempt may last report: never expired under its lease.
+  record.exp = math.max(record.exp, now + lease_seconds + retention)
   save(KEYS[1], KEYS[3], channel, record, now)
+  -- The counter outlives every record and lease it numbered, forced clears included, so a
+  -- token is never issued twice for a key.
+  if redis.call('PTTL', KEYS[2]) < math.ceil((record.exp - now) * 1000) then
+    redis.call('PEXPIRE', KEYS[2], math.ceil((record.exp - now) * 1000))
+  end
   return {'reserved', cjson.encode(record)}
 end
 
--- KEYS: record, index. ARGV: now, channel, attempt, token, result, error, receipt JSON or '',
--- retry_delay, retention, change notification channel.
+-- KEYS: record, index. ARGV: now, channel, attempt, token, result ('released': give back a
+-- reservation never sent), error, receipt JSON or '', retry_delay, retention, change
+-- notification channel, the highest persisted count of the attempt's joiners, the reservation
+-- (with 'released').
 local function complete()
   local now = clock(ARGV[1])
   local channel, attempt, token = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -141,15 +167,35 @@ local function complete()
     return {'gone', ''}
   end
   local record = cjson.decode(raw)
+  if result == 'released' then
+    local reservation = ARGV[12] or ''
+    local lease = record.lease
+    if reservation == '' or lease == nil or lease[4] ~= reservation then
+      return {'unchanged', raw}
+    end
+    local kept = {}
+    for _, item in ipairs(record.h) do
+      if item[6] ~= lease[2] then
+        table.insert(kept, item)
+      end
+    end
+    record.h = kept
+    record.lease = nil
+    record.n = record.n - 1
+    save(KEYS[1], KEYS[2], channel, record, now)
+    redis.call('PUBLISH', ARGV[10], KEYS[1])
+    return {'ok', cjson.encode(record)}
+  end
+  local current = record.lease ~= nil and record.lease[2] == token
   local entry = find_entry(record, attempt, token)
   if entry ~= nil then
     entry[3] = result
     entry[5] = error
     entry[4] = now
   end
-  local current = record.lease ~= nil and record.lease[2] == token
   if current then
     record.lease = nil
+    count_known_attempts(record, tonumber(ARGV[11]) or 0, attempt)
   end
   local succeeded = result == 'succeeded'
   if succeeded and record.st ~= 'delivered' then
@@ -215,8 +261,14 @@ local function clear()
             end
           end
           record.h = keep
-          record.exp = now + grace
-          redis.call('SET', key, cjson.encode(record), 'PX', math.max(1, math.ceil(grace * 1000)))
+          -- A tombstone outlives the lease it keeps.
+          local lease_end = now
+          if record.lease ~= nil and record.lease[3] > now then
+            lease_end = record.lease[3]
+          end
+          record.exp = lease_end + grace
+          local ttl = math.max(1, math.ceil((record.exp - now) * 1000))
+          redis.call('SET', key, cjson.encode(record), 'PX', ttl)
         end
         redis.call('PUBLISH', ARGV[5], key)
       end

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..engine import decisions
+from ..engine import decisions, defaults
 from ..engine.decisions import Completion, Decision, ReserveRequest
 from ..engine.model import Key, Record
 from ..engine.ports import StateUnavailable
@@ -43,7 +43,6 @@ from .watchers import KeyWatchers
 
 log = logging.getLogger("sendonce.store")
 
-DAY = 86_400.0
 _SWEEP_PER_WRITE = 4
 # Most steps one transaction takes: bounds how long a batch holds the file's write lock.
 _BATCH_MAX = 256
@@ -86,8 +85,8 @@ class SqliteStore:
         self,
         path: Path,
         *,
-        retention: float = 7 * DAY,
-        clear_grace: float = 600.0,
+        retention: float = defaults.RETENTION,
+        clear_grace: float = defaults.CLEAR_GRACE,
         busy_timeout: float = 5.0,
     ):
         self.path = path
