@@ -40,7 +40,8 @@ def answer(
         attempts_used=record.attempts,
         max_attempts=record.max_attempts,
         retry_after=retry_after,
-        last_error=record.last_error,
+        # A delivered key has no error to act on, whatever an earlier attempt met.
+        last_error="" if delivered else record.last_error,
         shared=shared,
         final=record.final,
         receipt=record.receipt if delivered else None,

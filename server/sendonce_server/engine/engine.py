@@ -408,8 +408,9 @@ class Engine:
                 "error": sent.error,
             },
         )
-        record = await self._complete(key, completion, lease)
+        # Taken before the completion, so retry_after is never shorter than the backoff.
         now = self.clock.now()
+        record = await self._complete(key, completion, lease)
         if record is None:
             # Not recorded (store out of reach, or the key cleared with force meanwhile): the
             # answer is the record as the completion would have left it.
