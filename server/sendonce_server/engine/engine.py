@@ -177,6 +177,7 @@ class Engine:
                 self._waiting -= 1
                 if expiry is not None:
                     expiry.cancel()
+                flight.left()
             if result is EXPIRED:
                 return self._in_progress(flight)
             assert isinstance(result, DeliveryResult)
@@ -275,9 +276,7 @@ class Engine:
             if isinstance(decision, Reserved):
                 return await self._attempt(flight, decision)
             assert isinstance(decision, Running)
-            shared = await await_holder(
-                self.store, self.clock.now, flight.request.key, decision.lease, skew_wait=skew_wait
-            )
+            shared = await self._await_holder(flight, decision.lease, skew_wait)
             if shared is not None:
                 return shared
             if not flight.wanted:
@@ -285,6 +284,23 @@ class Engine:
             # The same lease again next time means the store's clock has not expired it yet
             # although ours has (skew): wait a moment instead of asking again at once.
             skew_wait = SKEW_WAIT if decision.lease.expires_at <= self.clock.now() else 0.0
+
+    async def _await_holder(
+        self, flight: Flight, lease: Lease, skew_wait: float
+    ) -> DeliveryResult | None:
+        """The holder's shared answer; None to decide again (or, with no caller left, to stop)."""
+        wait = asyncio.ensure_future(
+            await_holder(self.store, self.clock.now, flight.request.key, lease, skew_wait=skew_wait)
+        )
+        flight.holder_wait = wait
+        try:
+            return await wait
+        except asyncio.CancelledError:
+            if not wait.cancelled() or _cancelling():
+                raise  # the flight itself is cancelled (shutdown)
+            return None  # every caller left (flight.left)
+        finally:
+            flight.holder_wait = None
 
     async def _reserve(self, flight: Flight, persisted_attempts: int, now: float) -> Decision:
         """Ask the store for a decision; a lost reply is asked again with the same reservation.
@@ -469,3 +485,8 @@ class Engine:
             self.clock.now(),
             self.settings.in_progress_retry_after,
         )
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

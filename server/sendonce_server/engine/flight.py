@@ -51,6 +51,8 @@ class Flight:
     waiters: list[asyncio.Future[DeliveryResult | Expired]] = field(default_factory=list)
     # Set once the store accepted this flight's payload as the key's: another payload loses.
     payload_accepted: asyncio.Event = field(default_factory=asyncio.Event)
+    # While the flight waits on another holder's attempt: stopped when no caller is left.
+    holder_wait: asyncio.Future[DeliveryResult | None] | None = None
 
     def join(self, persisted_attempts: int) -> asyncio.Future[DeliveryResult | Expired]:
         self.persisted_attempts = max(self.persisted_attempts, persisted_attempts)
@@ -64,6 +66,11 @@ class Flight:
     def wanted(self) -> bool:
         """Whether a caller still waits: with none, the flight makes no new attempt."""
         return any(not waiter.done() for waiter in self.waiters)
+
+    def left(self) -> None:
+        """A caller stopped waiting: with none left, waiting on another holder is pointless."""
+        if self.holder_wait is not None and not self.wanted:
+            self.holder_wait.cancel()
 
     def resolve(self, result: DeliveryResult) -> None:
         for waiter in self.waiters:
