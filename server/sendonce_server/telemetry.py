@@ -100,8 +100,8 @@ class _Attempt:
 class Durations:
     """A histogram of seconds in the Prometheus registry, its labelled children cached.
 
-    prometheus_client's own: an observation costs ~1.2 µs, where an OpenTelemetry SDK
-    histogram takes ~8, and a Deliver makes two. Without a registry (metrics off) it
+    prometheus_client's own, the cheapest histogram to observe on the Deliver path (which makes
+    two; docs/performance.md has the measurements). Without a registry (metrics off) it
     observes nothing.
     """
 
@@ -131,10 +131,10 @@ class Durations:
 class Telemetry:
     """The engine's observer: turns its reports into metrics and spans.
 
-    Counts are plain integers read by observable instruments when Prometheus scrapes: a
-    synchronous OpenTelemetry instrument costs about 15 µs a measurement in CPython, which
-    the Deliver path cannot afford five times over. Durations are prometheus_client
-    histograms in the same registry (two a call, see `Durations`).
+    Counts are plain integers read by observable instruments when Prometheus scrapes, so the
+    Deliver path pays an integer increment per count, not a synchronous instrument's
+    measurement. Durations are prometheus_client histograms in the same registry (two a call,
+    see `Durations`).
     """
 
     def __init__(
@@ -367,7 +367,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
             started = time.perf_counter()
             parent = _remote_parent(context.invocation_metadata())
             # Parent-based sampling, decided before any span object exists: most calls are
-            # not sampled, and building a span only to drop it costs ~20 µs a call.
+            # not sampled, and a span built only to be dropped would cost every call.
             if parent is None:
                 sampled = random.random() < ratio
             else:

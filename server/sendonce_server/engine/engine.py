@@ -236,7 +236,7 @@ class Engine:
         """The flight's task: fly, then hand the answer (or the error) to every waiter."""
         key = flight.request.key
         try:
-            result = await self._fly(flight)
+            result = await self._find_answer(flight)
         except BaseException as error:
             flight.fail(error)
             if not isinstance(error, Exception):
@@ -249,7 +249,7 @@ class Engine:
             if self._flights.get(key) is flight:
                 del self._flights[key]
 
-    async def _fly(self, flight: Flight) -> DeliveryResult | None:
+    async def _find_answer(self, flight: Flight) -> DeliveryResult | None:
         """Decide until there is an answer; None when no caller is left to take one."""
         skew_wait = 0.0
         while True:
@@ -321,7 +321,7 @@ class Engine:
         )
         decision: Decision | None = None
         try:
-            decision = await self._ask(request.key, reserve, now)
+            decision = await self._reserve_asking_again(request.key, reserve, now)
         except StateUnavailable:
             self._release_later(request.key, flight.reservation, now + reserve.lease_seconds)
             raise
@@ -331,7 +331,7 @@ class Engine:
                 breaker.release()
         return decision
 
-    async def _ask(self, key: Key, request: ReserveRequest, now: float) -> Decision:
+    async def _reserve_asking_again(self, key: Key, request: ReserveRequest, now: float) -> Decision:
         try:
             return await self.store.reserve(key, request, now)
         except StateUnavailable:

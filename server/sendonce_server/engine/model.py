@@ -67,7 +67,7 @@ class Notification:
         """Hash of the canonical form: a key only ever delivers the payload it first saw.
 
         Hashes the text `json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))`
-        writes (records already stored hold it), built directly in half the time.
+        writes (records already stored hold it), built directly rather than through json.dumps.
         """
         metadata = ",".join(f"{_quote(k)}:{_quote(v)}" for k, v in sorted(self.metadata.items()))
         links = ",".join(

@@ -1,8 +1,8 @@
 """Records as compact JSON, for the stores that keep them outside the process.
 
-Written and read with orjson (a record in 0.3 µs, and read in 0.8, where the standard library
-takes 4.5 and 4); the standard library stays for what orjson refuses: strings with lone
-surrogates (bytes a decoder kept with `surrogateescape`), which it escapes.
+Written and read with orjson, the fastest encoder (docs/performance.md); the standard library
+stays for what orjson refuses: strings with lone surrogates (bytes a decoder kept with
+`surrogateescape`), which it escapes.
 """
 
 from __future__ import annotations
