@@ -331,7 +331,9 @@ class Engine:
                 breaker.release()
         return decision
 
-    async def _reserve_asking_again(self, key: Key, request: ReserveRequest, now: float) -> Decision:
+    async def _reserve_asking_again(
+        self, key: Key, request: ReserveRequest, now: float
+    ) -> Decision:
         try:
             return await self.store.reserve(key, request, now)
         except StateUnavailable:
