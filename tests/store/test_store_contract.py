@@ -380,3 +380,30 @@ async def test_a_completion_carries_its_joiners_count(store: Store) -> None:
 
     assert record is not None
     assert (record.attempts, record.status) == (3, Status.EXHAUSTED)
+
+
+async def test_a_success_from_before_a_forced_clear_does_not_deliver_the_new_record(
+    store: Store,
+) -> None:
+    old = await reserve(store)
+    await store.clear(KEY.uid, [], True, T0 + 1)
+    new = await reserve(store, now=T0 + 2)
+    await store.complete(KEY, done(old, AttemptResult.SUCCEEDED), T0 + 3)
+    record = await store.read(KEY, T0 + 3)
+
+    assert record is not None
+    assert (record.status, record.lease, record.receipt) == (Status.OPEN, new.lease, None)
+
+
+async def test_a_tombstone_keeps_an_abandoned_attempt_whose_late_success_counts(
+    store: Store,
+) -> None:
+    first = await reserve(store)
+    second = await reserve(store, now=T0 + LEASE + 1)  # the first was abandoned
+    await store.complete(KEY, done(second, AttemptResult.FAILED), T0 + LEASE + 2)
+    await store.clear(KEY.uid, [], False, T0 + LEASE + 3)
+    await store.complete(KEY, done(first, AttemptResult.SUCCEEDED), T0 + LEASE + 4)
+    late = await store.reserve(KEY, request(), T0 + LEASE + 5)
+
+    assert isinstance(late, Verdict)
+    assert late.outcome is Outcome.ALREADY_DELIVERED

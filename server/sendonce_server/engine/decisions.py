@@ -217,8 +217,9 @@ def complete(record: Record | None, completion: Completion, now: float, retentio
         record.lease = None
         count_known_attempts(record, completion.persisted_attempts, completion.attempt)
     succeeded = completion.result is AttemptResult.SUCCEEDED
-    if succeeded and record.status is not Status.DELIVERED:
-        # A success always wins, even from a stale holder: promise 2 outranks the budget.
+    if succeeded and entry is not None and record.status is not Status.DELIVERED:
+        # A success always wins, even from a stale holder: promise 2 outranks the budget. Only
+        # an attempt of this record: one from before a forced clear belongs to a forgotten key.
         record.status = Status.DELIVERED
         record.receipt = completion.receipt
     elif current and record.status is Status.OPEN:
@@ -229,7 +230,7 @@ def complete(record: Record | None, completion: Completion, now: float, retentio
             record.next_attempt_at = now + completion.retry_delay
             if record.attempts >= record.max_attempts:
                 record.status = Status.EXHAUSTED
-    elif not current and entry is None and not succeeded:
+    elif not current and entry is None:
         return False
     if not record.cleared:
         record.expires_at = max(record.expires_at, now + retention)
@@ -251,12 +252,13 @@ def release(record: Record) -> bool:
 
 
 def tombstone(record: Record, now: float, grace: float) -> None:
-    """Shrink a record to what a late caller needs: attempts used, status, fingerprint, lease.
+    """Shrink a record to what a late caller or holder needs: count, status, fingerprint, lease.
 
     A tombstone outlives the lease it keeps: gone earlier, it would let a second attempt start.
     """
     record.cleared = True
-    keep = (AttemptResult.RUNNING, AttemptResult.SUCCEEDED)
+    # An abandoned attempt may still report a success: its entry lets that success count.
+    keep = (AttemptResult.RUNNING, AttemptResult.SUCCEEDED, AttemptResult.ABANDONED)
     record.history = [entry for entry in record.history if entry.result in keep]
     lease_end = record.lease.expires_at if record.lease is not None else now
     record.expires_at = max(now, lease_end) + grace

@@ -198,8 +198,8 @@ local function complete()
     count_known_attempts(record, tonumber(ARGV[11]) or 0, attempt)
   end
   local succeeded = result == 'succeeded'
-  if succeeded and record.st ~= 'delivered' then
-    -- A success always wins, even from a stale holder.
+  if succeeded and entry ~= nil and record.st ~= 'delivered' then
+    -- A success always wins, even from a stale holder of an attempt of this record.
     record.st = 'delivered'
     if ARGV[7] ~= '' then
       record.rcpt = cjson.decode(ARGV[7])
@@ -214,7 +214,7 @@ local function complete()
         record.st = 'exhausted'
       end
     end
-  elseif not current and entry == nil and not succeeded then
+  elseif not current and entry == nil then
     return {'unchanged', raw}
   end
   if not record.cl then
@@ -256,7 +256,7 @@ local function clear()
           record.cl = true
           local keep = {}
           for _, entry in ipairs(record.h) do
-            if entry[3] == 'running' or entry[3] == 'succeeded' then
+            if entry[3] == 'running' or entry[3] == 'succeeded' or entry[3] == 'abandoned' then
               table.insert(keep, entry)
             end
           end
