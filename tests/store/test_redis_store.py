@@ -13,9 +13,9 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from sendonce_server.config import ServerSettings
-from sendonce_server.engine.decisions import Completion, Reserved, ReserveRequest
+from sendonce_server.engine.decisions import Completion, Decision, Reserved, ReserveRequest
 from sendonce_server.engine.engine import Engine, EngineSettings, Receiver
-from sendonce_server.engine.model import AttemptResult, Key, Notification, Outcome
+from sendonce_server.engine.model import AttemptResult, Key, Notification, Outcome, Record
 from sendonce_server.engine.policy import RetryPolicy
 from sendonce_server.engine.ports import SendResult, StateUnavailable
 from sendonce_server.server import start
@@ -178,3 +178,67 @@ async def test_a_sidecar_on_an_unreachable_redis_never_logs_its_password(
         await sidecar.stop()
 
     assert "s3cret" not in caplog.text
+
+
+class LostReplies(RedisStore):
+    """Runs each reserve script on the real Redis, then loses the reply while `lost`; refuses
+    completions while `down`: Redis killed right after it ran the script."""
+
+    lost = 0
+    down = False
+
+    async def reserve(self, key: Key, request: ReserveRequest, now: float) -> Decision:
+        decision = await super().reserve(key, request, now)
+        if self.lost:
+            self.lost -= 1
+            raise StateUnavailable("redis connection failed")
+        return decision
+
+    async def complete(self, key: Key, completion: Completion, now: float) -> Record | None:
+        if self.down:
+            raise StateUnavailable("redis connection failed")
+        return await super().complete(key, completion, now)
+
+
+async def test_a_lost_reserve_reply_is_found_again_on_redis(redis_url: str, prefix: str) -> None:
+    store = LostReplies(redis_url, prefix=prefix)
+    store.lost = 1
+    channel = ScriptedChannel()
+    policy = RetryPolicy(max_attempts=5, initial_backoff=0.0, jitter=0.0)
+    engine = Engine(store, [Receiver("hook", channel, policy)])
+    try:
+        result = await engine.deliver(KEY, Notification(subject="node not ready"))
+        state = await engine.attempt_count(KEY)
+    finally:
+        await engine.close()
+
+    assert (result.outcome, result.attempt, result.attempts_used) == (Outcome.DELIVERED, 1, 1)
+    assert len(channel.sends) == 1
+    assert (state.attempts_used, len(state.history)) == (1, 1)
+
+
+async def test_a_reservation_whose_reply_stayed_lost_is_given_back_on_redis(
+    redis_url: str, prefix: str
+) -> None:
+    store = LostReplies(redis_url, prefix=prefix)
+    store.lost, store.down = 1_000, True
+    channel = ScriptedChannel()
+    policy = RetryPolicy(max_attempts=5, initial_backoff=0.0, jitter=0.0)
+    engine = Engine(
+        store, [Receiver("hook", channel, policy)], settings=EngineSettings(reserve_retry=0.05)
+    )
+    note = Notification(subject="node not ready")
+    try:
+        with pytest.raises(StateUnavailable):
+            await engine.deliver(KEY, note)
+        during = await engine.attempt_count(KEY)
+        store.lost, store.down = 0, False
+        assert await engine.drain(10) == 0
+        after = await engine.attempt_count(KEY)
+        result = await engine.deliver(KEY, note)
+    finally:
+        await engine.close()
+
+    assert (during.attempts_used, during.in_flight) == (1, True)
+    assert (after.attempts_used, after.in_flight) == (0, False)
+    assert (result.outcome, result.attempt, len(channel.sends)) == (Outcome.DELIVERED, 1, 1)
