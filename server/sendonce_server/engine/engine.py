@@ -185,16 +185,18 @@ class Engine:
 
     async def _lost_to(self, flight: Flight, deadline: float | None) -> bool:
         """Whether the store took `flight`'s payload as the key's; False once it ended without."""
-        accepted = asyncio.ensure_future(flight.payload_accepted.wait())
-        remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
-        try:
+        if not flight.payload_accepted:
+            loop = asyncio.get_running_loop()
+            if flight.payload_decided is None:
+                flight.payload_decided = loop.create_future()
+            remaining = None if deadline is None else deadline - loop.time()
             await asyncio.wait(
-                [accepted, flight.task], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                [flight.payload_decided, flight.task],
+                timeout=remaining,
+                return_when=asyncio.FIRST_COMPLETED,
             )
-        finally:
-            accepted.cancel()
         # Past the deadline with the question still open: the other payload is the one deciding.
-        return flight.payload_accepted.is_set() or not flight.task.done()
+        return flight.payload_accepted or not flight.task.done()
 
     async def attempt_count(self, key: Key, persisted_attempts: int = 0) -> KeyState:
         receiver = self.receiver(key.channel)
@@ -258,7 +260,7 @@ class Engine:
             decision = await self._reserve(flight, asked, now)
             if isinstance(decision, Mismatch):
                 raise PayloadMismatch(flight.request.key)
-            flight.payload_accepted.set()
+            flight.accept_payload()
             flight.attempts_used = decision.record.attempts
             if isinstance(decision, Verdict):
                 result = answer(decision.record, now, decision.outcome)

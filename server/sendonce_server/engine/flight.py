@@ -8,6 +8,7 @@ up its own future, never the flight.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -30,6 +31,15 @@ class DeliverRequest:
     receiver: Receiver
 
 
+# Reservation ids: unique across replicas by the random prefix, within a process by the count.
+_PROCESS = secrets.token_hex(8)
+_COUNT = itertools.count()
+
+
+def new_reservation() -> str:
+    return f"{_PROCESS}-{next(_COUNT)}"
+
+
 class Expired:
     """What a caller gets when its own deadline comes first."""
 
@@ -43,14 +53,16 @@ class Flight:
     # The highest persisted_attempts of the callers so far: promise 1 counts every caller's.
     persisted_attempts: int
     # Chosen before the first reserve and sent with each: a lost reply is found again by it.
-    reservation: str = field(default_factory=lambda: secrets.token_hex(12))
+    reservation: str = field(default_factory=new_reservation)
     task: asyncio.Task[None] = field(init=False)
     # The attempt in flight (ours or another holder's) and the count, for IN_PROGRESS answers.
     lease: Lease | None = None
     attempts_used: int = 0
     waiters: list[asyncio.Future[DeliveryResult | Expired]] = field(default_factory=list)
-    # Set once the store accepted this flight's payload as the key's: another payload loses.
-    payload_accepted: asyncio.Event = field(default_factory=asyncio.Event)
+    # Once the store took this flight's payload as the key's, another payload loses.
+    payload_accepted: bool = False
+    # Made only for a caller with another payload that waits to learn the above.
+    payload_decided: asyncio.Future[None] | None = None
     # While the flight waits on another holder's attempt: stopped when no caller is left.
     holder_wait: asyncio.Future[DeliveryResult | None] | None = None
 
@@ -66,6 +78,11 @@ class Flight:
     def wanted(self) -> bool:
         """Whether a caller still waits: with none, the flight makes no new attempt."""
         return any(not waiter.done() for waiter in self.waiters)
+
+    def accept_payload(self) -> None:
+        self.payload_accepted = True
+        if self.payload_decided is not None and not self.payload_decided.done():
+            self.payload_decided.set_result(None)
 
     def left(self) -> None:
         """A caller stopped waiting: with none left, waiting on another holder is pointless."""
