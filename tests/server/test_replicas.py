@@ -26,7 +26,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from sendonce.v1 import delivery_pb2 as pb
 from tests.server.process import NOT_SERVING, SERVING, Children, HealthWatch, Sidecar
-from tests.support.http_receiver import HttpReceiver
+from tests.support.http_receiver import HttpReceiver, Reply
 from tests.support.redis_server import RedisServer
 
 if TYPE_CHECKING:  # the async stub exists in the .pyi only
@@ -242,6 +242,30 @@ async def test_a_replica_storm_delivers_each_key_once_and_spends_each_budget_onc
                 (s.final, s.succeeded, s.attempts_used, s.remaining, tuple(results(s)))
                 for s in states
             } == {(True, False, 5, 0, (FAILED,) * 5)}
+
+        # A receiver that fails each key's first attempt, slowly (callers on the other replicas
+        # wait on it), and takes the second at once (it may succeed before a waiter reads the
+        # first's failure): every answer tells one state, a delivered key is never answered
+        # FAILED, and no answer is final unless the key is delivered.
+        receiver.respond_with(
+            lambda request: Reply(500, delay=0.05) if request.json()["attempt"] == 1 else 200
+        )
+        hits_before = receiver.hits
+        recovering = [f"flaky-{n:03}" for n in range(100)]
+        storm = Storm(recovering, lambda uid: deliver(uid, policy=policy), SETTLED)
+        await storm.run(stubs)
+        sent = sent_attempts(receiver)
+        assert receiver.hits - hits_before == 2 * len(recovering)
+        assert {uid: sorted(sent[uid]) for uid in recovering} == {uid: [1, 2] for uid in recovering}
+        for uid in recovering:
+            for answer in storm.answers[uid]:
+                settled = answer.outcome in SETTLED
+                assert answer.final == settled, (uid, answer)
+                assert answer.HasField("receipt") == settled, (uid, answer)
+                assert (answer.last_error == "") == settled, (uid, answer)
+                assert answer.attempt <= answer.attempts_used <= 2, (uid, answer)
+                if answer.outcome == DELIVERED:
+                    assert answer.attempt == 2, (uid, answer)
 
 
 # --- a replica killed mid-attempt ---------------------------------------------------------------

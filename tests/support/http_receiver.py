@@ -19,7 +19,7 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -60,6 +60,7 @@ class HttpReceiver:
     def __init__(self, *replies: Reply | int) -> None:
         self.requests: list[RecordedRequest] = []
         self._replies: list[Reply] = [Reply()]
+        self._choose: Callable[[RecordedRequest], Reply | int] | None = None
         self.respond(*replies or (200,))
         self._gate = asyncio.Event()
         self._gate.set()
@@ -82,6 +83,10 @@ class HttpReceiver:
         if not replies:
             raise ValueError("respond() needs at least one reply")
         self._replies = [Reply(reply) if isinstance(reply, int) else reply for reply in replies]
+
+    def respond_with(self, choose: Callable[[RecordedRequest], Reply | int]) -> None:
+        """Answer every following request with what `choose` says of it."""
+        self._choose = choose
 
     def hold(self) -> None:
         """Keep requests that arrive from now on waiting, unanswered, until `release()`."""
@@ -144,6 +149,9 @@ class HttpReceiver:
         reply = self._replies[0]
         if len(self._replies) > 1:
             self._replies = self._replies[1:]
+        if self._choose is not None:
+            chosen = self._choose(recorded)
+            reply = Reply(chosen) if isinstance(chosen, int) else chosen
         async with self._arrived:
             self.requests.append(recorded)
             self._arrived.notify_all()
