@@ -407,3 +407,15 @@ async def test_a_tombstone_keeps_an_abandoned_attempt_whose_late_success_counts(
 
     assert isinstance(late, Verdict)
     assert late.outcome is Outcome.ALREADY_DELIVERED
+
+
+async def test_a_reservation_asked_again_after_a_success_is_not_handed_out(store: Store) -> None:
+    first = await store.reserve(KEY, request(reservation="r-1"), T0)
+    assert isinstance(first, Reserved)
+    second = await store.reserve(KEY, request(reservation="r-2"), T0 + LEASE + 1)
+    assert isinstance(second, Reserved)
+    await store.complete(KEY, done(first, AttemptResult.SUCCEEDED), T0 + LEASE + 2)
+    again = await store.reserve(KEY, request(reservation="r-2"), T0 + LEASE + 3)
+
+    assert isinstance(again, Verdict)
+    assert again.outcome is Outcome.ALREADY_DELIVERED

@@ -3,7 +3,7 @@
 Every store applies these atomically (under its lock, in one transaction, or ported to a
 server-side script), so the promises are written down once:
 
-- reserve: payload mismatch, the caller's own reservation again, success, permanent failure,
+- reserve: payload mismatch, success, permanent failure, the caller's own reservation again,
   running attempt, budget, backoff, then reserve a new attempt (counted now, with a lease and a
   fencing token).
 - complete: record an attempt's result, or release a reservation never sent; a stale token never
@@ -144,6 +144,11 @@ def decide(
     elif record.fingerprint != request.fingerprint:
         return Mismatch(), False
 
+    if record.status is Status.DELIVERED:
+        return Verdict(Outcome.ALREADY_DELIVERED, record), changed
+    if record.status is Status.FAILED_PERMANENT:
+        return Verdict(Outcome.FAILED_PERMANENT, record), changed
+
     lease = record.lease
     if (
         lease is not None
@@ -152,11 +157,6 @@ def decide(
         and lease.expires_at > now
     ):
         return Reserved(lease, record), False
-
-    if record.status is Status.DELIVERED:
-        return Verdict(Outcome.ALREADY_DELIVERED, record), changed
-    if record.status is Status.FAILED_PERMANENT:
-        return Verdict(Outcome.FAILED_PERMANENT, record), changed
 
     changed |= reap_expired_lease(record, now)
     if record.lease is not None:

@@ -88,11 +88,6 @@ local function reserve()
     changed = true
   end
 
-  local held = record.lease
-  if held ~= nil and reservation ~= '' and held[4] == reservation and held[3] > now then
-    return {'reserved', raw}
-  end
-
   local function verdict(outcome)
     if changed then
       save(KEYS[1], KEYS[3], channel, record, now)
@@ -105,6 +100,10 @@ local function reserve()
   end
   if record.st == 'failed_permanent' then
     return verdict('failed_permanent')
+  end
+  local held = record.lease
+  if held ~= nil and reservation ~= '' and held[4] == reservation and held[3] > now then
+    return {'reserved', raw}
   end
   if reap_expired_lease(record, now) then
     changed = true
