@@ -101,8 +101,10 @@ class Engine:
         # Applied to what channels see; the fingerprint is always of the payload as given.
         self._redact = redact
         self._flights: dict[Key, Flight] = {}
-        # Reservations whose reply was lost, being given back while their lease holds.
-        self._releases: set[asyncio.Task[None]] = set()
+        # Reservations whose reply may have been lost, to give back while their lease holds:
+        # reservation id -> (key, lease end). One task works through them.
+        self._unreleased: dict[str, tuple[Key, float]] = {}
+        self._releaser: asyncio.Task[None] | None = None
         self.breakers = {
             r.name: CircuitBreaker(r.breaker, self.clock.now) for r in self.receivers.values()
         }
@@ -215,13 +217,15 @@ class Engine:
     async def drain(self, grace: float) -> int:
         """Wait up to `grace` seconds for running attempts; returns how many are still running."""
         tasks = [flight.task for flight in self._flights.values()]
-        if tasks or self._releases:
-            await asyncio.wait([*tasks, *self._releases], timeout=grace)
+        if self._releaser is not None:
+            tasks.append(self._releaser)
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
         return sum(not task.done() for task in tasks)
 
     async def close(self) -> None:
-        for task in self._releases:
-            task.cancel()
+        if self._releaser is not None:
+            self._releaser.cancel()
         for receiver in self.receivers.values():
             await receiver.channel.close()
         await self.store.close()
@@ -365,31 +369,40 @@ class Engine:
             raise
 
     def _release_later(self, key: Key, reservation: str, until: float) -> None:
-        task = asyncio.create_task(
-            self._keep_releasing(key, reservation, until), name="sendonce-release"
-        )
-        self._releases.add(task)
-        task.add_done_callback(self._releases.discard)
+        self._unreleased[reservation] = (key, until)
+        if self._releaser is None or self._releaser.done():
+            self._releaser = asyncio.create_task(self._give_back(), name="sendonce-release")
 
-    async def _keep_releasing(self, key: Key, reservation: str, until: float) -> None:
-        """Give back a reservation whose reply was lost; past its lease it counts as abandoned."""
-        release = Completion(0, 0, AttemptResult.RELEASED, reservation=reservation)
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(StateUnavailable),
-            stop=stop_after_delay(max(0.0, until - self.clock.now())),
-            wait=wait_exponential(multiplier=0.1, max=2.0),
-            reraise=True,
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    await self.store.complete(key, release, self.clock.now())
-        except StateUnavailable:
-            log.warning(
-                "could not give back a reservation on %s before its lease ended: "
-                "its attempt counts as abandoned",
-                key.channel,
-            )
+    async def _give_back(self) -> None:
+        """Give back the reservations whose reply may have been lost, one at a time.
+
+        However many calls an outage refused, one task retries, backing off while the store
+        stays out of reach. A reservation not given back before its lease ended counts as
+        abandoned, as a crashed holder's does.
+        """
+        wait = 0.05
+        while self._unreleased:
+            now = self.clock.now()
+            for reservation, (key, until) in list(self._unreleased.items()):
+                if until <= now:
+                    del self._unreleased[reservation]
+                    log.warning(
+                        "could not give back a reservation on %s before its lease ended: "
+                        "its attempt counts as abandoned",
+                        key.channel,
+                    )
+                    continue
+                release = Completion(0, 0, AttemptResult.RELEASED, reservation=reservation)
+                try:
+                    await self.store.complete(key, release, now)
+                except StateUnavailable:
+                    break
+                del self._unreleased[reservation]
+                wait = 0.05
+            else:
+                continue
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, 2.0)
 
     async def _attempt(self, flight: Flight, reserved: Reserved) -> DeliveryResult:
         request = flight.request
