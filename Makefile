@@ -30,6 +30,16 @@ lint: setup
 
 test: check-gen lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-go
+
+# The Go module (client/go): gofmt, go vet and its tests against a real sidecar process. Said
+# out loud, never silently, on a machine without Go.
+.PHONY: test-go
+test-go: setup
+	@if ! command -v go >/dev/null 2>&1; then \
+	  echo "SKIPPED: the Go module (client/go): no go on PATH"; exit 0; fi; \
+	cd client/go && test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: files above differ"; exit 1; }; \
+	go vet ./... && SENDONCE_SERVER=$(CURDIR)/$(VENV)/bin/sendonce-server go test -count=1 ./...
 
 # The benchmark (bench/): every scenario in one run, a table, bench/results/latest.json.
 .PHONY: bench
