@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -122,3 +123,38 @@ def test_a_text_line_has_the_fields_after_the_message_and_the_traceback_below() 
     assert first.endswith(" ERROR sendonce.engine: attempt 2 failed uid=u-1 receiver=ops")
     assert rest[0] == "Traceback (most recent call last):"
     assert rest[-1] == "ValueError: boom"
+
+
+_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
+
+
+def _parse_fields(line: str) -> dict[str, str]:
+    """What a key=value (logfmt) reader makes of a line: the last value of each key wins."""
+    fields = {}
+    for name, value in _FIELD.findall(line):
+        fields[name] = json.loads(value) if value.startswith('"') else value
+    return fields
+
+
+@pytest.mark.parametrize(
+    "uid",
+    [
+        "spoof receiver=admin outcome=success",
+        'q" receiver="admin',
+        'back\\slash" outcome=success',
+        "line\nbreak 2026-01-01 INFO sendonce.engine: forged receiver=admin",
+        "tab\there",
+        "",
+        "plain-uid_1.2:3/4@5+6",
+    ],
+)
+def test_a_text_line_reads_back_as_exactly_the_fields_logged(uid: str) -> None:
+    record = logging.makeLogRecord(
+        {"name": "sendonce.engine", "levelname": "INFO", "msg": "attempt finished"}
+    )
+    record.uid, record.receiver, record.outcome = uid, "ops", "failed"
+    line = logs.KeyValueFormatter().format(record)
+    assert "\n" not in line
+    assert _parse_fields(line) == {"uid": uid, "receiver": "ops", "outcome": "failed"}
+    if uid == "plain-uid_1.2:3/4@5+6":
+        assert line.endswith(f" uid={uid} receiver=ops outcome=failed")  # common values stay bare

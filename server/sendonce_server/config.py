@@ -15,7 +15,7 @@ from .engine import defaults
 from .engine.breaker import BreakerSettings
 from .engine.policy import MAX_ATTEMPTS, MIN_ATTEMPTS, PolicyError, RetryPolicy
 from .redaction import RedactionConfig
-from .store.urls import REDIS_SCHEMES, SQLITE_PREFIX
+from .store.urls import StoreUrlError, parse_store_url
 
 
 class ConfigError(Exception):
@@ -113,22 +113,18 @@ class ServerSettings(BaseSettings):
     @field_validator("store")
     @classmethod
     def _known_store(cls, value: str) -> str:
-        if value == "memory" or value.startswith(REDIS_SCHEMES):
-            return value
-        if value.startswith(SQLITE_PREFIX) and value.removeprefix(SQLITE_PREFIX):
-            return value
-        # Only the scheme is echoed: the rest of a store URL may hold a password.
-        scheme = value.partition("://")[0] if "://" in value else value[:20]
-        raise ValueError(
-            f"unsupported store {scheme!r}: use memory, sqlite:///path/to/state.db, "
-            "redis://host:port/db, rediss://host:port/db, redis+cluster://host:port or "
-            "redis+sentinel://host:port/service"
-        )
+        # Every form is parsed here, up front: a bad URL is a settings error (exit 2) naming
+        # --store, never a traceback when the store opens. The message holds no password.
+        try:
+            parse_store_url(value)
+        except StoreUrlError as error:
+            raise ValueError(f"--store (SENDONCE_STORE): {error}") from None
+        return value
 
     @property
     def store_is_remote(self) -> bool:
         """A shared store (Redis) may be down for a while; a local one must open at start."""
-        return self.store.startswith(REDIS_SCHEMES)
+        return parse_store_url(self.store).remote
 
 
 class RetryConfig(BaseModel):

@@ -1,5 +1,8 @@
 """Log lines: text for a terminal (message, then fields as key=value) or JSON for a pipeline.
 
+In text, a field value with anything but letters, digits and `_.,:/@+-` is quoted as a JSON
+string, so a parser of key=value lines reads exactly the fields that were logged.
+
 Structured fields are whatever a call passed in `extra` (uid, receiver, attempt, outcome, ...),
 plus the current trace id. Secrets never reach a log call: channels build their errors from
 safe parts only.
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -42,6 +46,19 @@ class _SecondCache:
         return last[1]
 
 
+# A value made only of these is written bare; any other is quoted, so that a uid such as
+# `x receiver=admin` reads back as one value and a newline cannot start a forged line.
+_BARE_VALUE = re.compile(r"[A-Za-z0-9_.,:/@+\-]+")
+
+
+def _text_value(value: object) -> str:
+    text = str(value)
+    if _BARE_VALUE.fullmatch(text):
+        return text
+    # JSON string syntax (logfmt's quoting): `"` and `\` escaped, control characters as \uXXXX.
+    return json.dumps(text, ensure_ascii=False)
+
+
 class KeyValueFormatter(logging.Formatter):
     """`2026-11-29 05:11:10,123 INFO sendonce.engine: attempt finished uid=... attempt=1`."""
 
@@ -60,7 +77,7 @@ class KeyValueFormatter(logging.Formatter):
         line = f"{self.formatTime(record)} {record.levelname} {record.name}: {record.getMessage()}"
         fields = _fields(record)
         if fields:
-            line += " " + " ".join(f"{name}={value}" for name, value in fields.items())
+            line += " " + " ".join(f"{name}={_text_value(value)}" for name, value in fields.items())
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         if record.stack_info:

@@ -269,12 +269,25 @@ def _in_use_port() -> tuple[socket.socket, str]:
         (["--max-body-bytes", "-1"], "max_body_bytes: Input should be greater than 0"),
         (["--shutdown-grace", "soon"], "shutdown_grace: Input should be a valid number"),
         (["--store", "redis"], "unsupported store 'redis'"),
+        (
+            ["--store", "redis://:pw@host:notaport/0"],
+            "--store (SENDONCE_STORE): redis://... has a port",
+        ),
         (["--config", "@DIR@/absent.toml"], "cannot read receivers file"),
         (["--listen", ""], "nothing to listen on"),
         (["--listen", "127.0.0.1:99999"], "cannot listen on 127.0.0.1:99999"),
         (["--listen", "@IN_USE@"], "address in use"),
     ],
-    ids=["negative-body", "grace", "store", "absent-config", "no-listener", "bad-port", "in-use"],
+    ids=[
+        "negative-body",
+        "grace",
+        "store",
+        "store-port",
+        "absent-config",
+        "no-listener",
+        "bad-port",
+        "in-use",
+    ],
 )
 async def test_a_bad_flag_fails_fast_with_a_readable_message(
     children: Children, tmp_path: Path, args: list[str], expected: str

@@ -6,17 +6,20 @@ from pathlib import Path
 
 from ..engine.ports import Store
 from .memory import MemoryStore
-from .urls import SQLITE_PREFIX
+from .urls import parse_store_url
 
 
 def build_store(url: str, *, retention: float, clear_grace: float) -> Store:
-    if url == "memory":
+    """The store for a --store value; StoreUrlError if the value is not one (see urls.SCHEMES)."""
+    parsed = parse_store_url(url)
+    kind = parsed.scheme.store
+    if kind == "memory":
         return MemoryStore(retention=retention, clear_grace=clear_grace)
     # Imported on use: the Redis client alone adds a quarter second to every start.
-    if url.startswith(SQLITE_PREFIX):
+    if kind == "sqlite":
         from .sqlite import SqliteStore
 
-        path = Path(url.removeprefix(SQLITE_PREFIX))
+        path = Path(url.removeprefix(parsed.scheme.prefix))
         return SqliteStore(path, retention=retention, clear_grace=clear_grace)
     from .redis import RedisStore
 

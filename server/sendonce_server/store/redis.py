@@ -27,7 +27,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -57,7 +56,7 @@ from ..engine.decisions import (
 from ..engine.model import Key, Outcome, Record
 from ..engine.ports import StateUnavailable
 from . import codec
-from .urls import CLUSTER_SCHEMES, SENTINEL_SCHEME
+from .urls import parse_store_url, sentinel_target
 from .watchers import KeyWatchers
 
 log = logging.getLogger("sendonce.store")
@@ -101,9 +100,10 @@ class RedisStore:
         self.prefix = prefix
         self.server_time = server_time
         self._redis: aioredis.Redis | RedisCluster
-        if url.startswith(SENTINEL_SCHEME):
+        store = parse_store_url(url).scheme.store
+        if store == "sentinel":
             self._redis = _sentinel_master(url, timeout)
-        elif url.startswith(CLUSTER_SCHEMES):
+        elif store == "cluster":
             # Every key of a notification shares its {uid} hash tag, so each script call
             # touches one slot and is routed to the node that owns it.
             self._redis = RedisCluster.from_url(
@@ -460,26 +460,17 @@ def _ended(listener: asyncio.Task[None]) -> None:
 
 def _sentinel_master(url: str, timeout: float) -> aioredis.Redis:
     """A client of the master that the sentinels name; it follows failovers by itself."""
-    parts = urlsplit(url)
-    path = [part for part in parts.path.split("/") if part]
-    if not path:
-        raise ValueError("a sentinel URL names the service: redis+sentinel://host:port/name")
-    hosts = parts.netloc.rpartition("@")[2]
-    sentinels = []
-    for host in hosts.split(","):
-        name, _, port = host.rpartition(":")
-        sentinels.append((name or host, int(port) if port.isdigit() else 26379))
-    password = unquote(parts.password) if parts.password else None
+    target = sentinel_target(url)
     sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
-        sentinels,
+        list(target.sentinels),
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
     )
     master: aioredis.Redis = sentinel.master_for(
-        path[0],
-        password=password,
-        db=int(path[1]) if len(path) > 1 else 0,
+        target.service,
+        password=target.password,
+        db=target.db,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
     )
