@@ -287,6 +287,10 @@ def _remove_stale_socket(path: Path) -> None:
     raise ConfigError(f"unix socket {path} is in use by another process")
 
 
+def _ignore_hangup() -> None:
+    log.warning("SIGHUP ignored: sendonce-server does not reload; restart it to apply changes")
+
+
 async def serve(settings: ServerSettings) -> int:
     """Run until SIGTERM or SIGINT, then stop gracefully. Returns the exit status."""
     stop = asyncio.Event()
@@ -295,11 +299,15 @@ async def serve(settings: ServerSettings) -> int:
     # a graceful stop, never the default instant death.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    # Operators send HUP by habit (as to Alertmanager, or from a config-reload sidecar); its
+    # default action kills the process at once, losing a memory store. Until reloading exists,
+    # it is logged and ignored.
+    loop.add_signal_handler(signal.SIGHUP, _ignore_hangup)
     try:
         sidecar = await start(settings)
         await stop.wait()
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
     await sidecar.stop()
