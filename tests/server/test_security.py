@@ -398,6 +398,25 @@ async def test_peers_without_the_token_hold_no_slot_of_the_limit(
     assert refusals == [grpc.StatusCode.UNAUTHENTICATED] * 4
 
 
+async def test_a_call_that_never_sends_its_message_is_dropped_after_the_stall_timeout(
+    start_sidecar: StartSidecar, http_receiver: HttpReceiver
+) -> None:
+    sidecar = await start_sidecar(webhook(http_receiver), stalled_call_timeout=0.5)
+    never = asyncio.Event()
+    stalled = sidecar.channel.stream_unary(
+        "/grpc.health.v1.Health/Check",
+        request_serializer=bytes,
+        response_deserializer=health_pb2.HealthCheckResponse.FromString,
+    )(_never(never))
+
+    # Age 0.5 s (±10 %), then 0.5 s of grace: the call ends well within 10 s.
+    code = await asyncio.wait_for(stalled.code(), 10)
+    answer = await sidecar.stub.Deliver(deliver("uid-after"), timeout=10)
+
+    assert code == grpc.StatusCode.UNAVAILABLE, code
+    assert answer.outcome == pb.OUTCOME_DELIVERED
+
+
 async def test_health_watch_streams_are_bounded_and_check_still_answers(
     start_sidecar: StartSidecar, http_receiver: HttpReceiver
 ) -> None:
