@@ -36,12 +36,14 @@ from sendonce.v1 import delivery_pb2_grpc
 __all__ = [
     "DEFAULT_ADDRESS",
     "AsyncClient",
+    "Cancelled",
     "Client",
     "DeadlineExceeded",
     "InvalidArgument",
     "NotFound",
     "PayloadMismatch",
     "PermissionDenied",
+    "ResourceExhausted",
     "SendonceError",
     "Unauthenticated",
     "Unavailable",
@@ -117,6 +119,16 @@ class PermissionDenied(SendonceError):
     """The token is valid but not allowed to make this call."""
 
 
+class ResourceExhausted(SendonceError):
+    """A limit refused the call: too many calls at once (nothing was sent; retry with backoff)
+    or a message over the size limit (retrying the same request cannot help)."""
+
+
+class Cancelled(SendonceError):
+    """The call was dropped before an answer (the server's queue was full, or its connection
+    was closed, e.g. at shutdown). A Deliver is idempotent: retrying it with backoff is safe."""
+
+
 _ERRORS: Final[dict[grpc.StatusCode, type[SendonceError]]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,
@@ -125,6 +137,8 @@ _ERRORS: Final[dict[grpc.StatusCode, type[SendonceError]]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.CANCELLED: Cancelled,
 }
 
 

@@ -103,7 +103,19 @@ class ServerSettings(BaseSettings):
         4 * 1024 * 1024, gt=0, le=64 * 1024 * 1024, description="Largest gRPC message accepted"
     )
     max_concurrent_rpcs: int | None = Field(
-        1024, gt=0, description="Calls served at once; more get RESOURCE_EXHAUSTED"
+        1024,
+        gt=0,
+        description="Authenticated DeliveryService calls served at once; more get "
+        "RESOURCE_EXHAUSTED (health is never counted)",
+    )
+    max_health_watchers: int = Field(
+        64, gt=0, description="Health Watch streams open at once; more get RESOURCE_EXHAUSTED"
+    )
+    stalled_call_timeout: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds after which a connection is closed and its calls still running "
+        "(e.g. one that never sent its request) are dropped; clients reconnect",
     )
 
     store_check_interval: float = Field(

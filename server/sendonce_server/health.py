@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+import grpc
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
@@ -37,3 +38,36 @@ async def follow_store(
             log.info("store reachable again: serving")
         else:
             log.warning("store unreachable: not serving (Deliver answers UNAVAILABLE)")
+
+
+class BoundedHealth(HealthServicer):  # type: ignore[misc]  # grpc_health ships no types
+    """The standard health service, with at most `max_watchers` Watch streams open at once.
+
+    Health is open to every peer (kubelet's probe sends no token), so a Watch stream, which
+    lives until its caller leaves, is the one thing an unauthenticated peer could hold for
+    ever. Check is never limited: probes must answer under any load.
+    """
+
+    def __init__(self, max_watchers: int) -> None:
+        super().__init__()
+        self.max_watchers = max_watchers
+        self.watchers = 0
+
+    async def Watch(
+        self,
+        request: health_pb2.HealthCheckRequest,
+        context: grpc.aio.ServicerContext[
+            health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+        ],
+    ) -> None:
+        if self.watchers >= self.max_watchers:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.max_watchers} health Watch streams are open already "
+                "(--max-health-watchers); use Check, or close a Watch",
+            )
+        self.watchers += 1
+        try:
+            await super().Watch(request, context)
+        finally:
+            self.watchers -= 1

@@ -71,14 +71,17 @@ def _no_password() -> bytes:
     return b""  # an encrypted key fails instead of prompting on a terminal
 
 
-async def _unauthenticated(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+async def _unauthenticated(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
     await context.abort(
         grpc.StatusCode.UNAUTHENTICATED,
         "missing or wrong bearer token: send 'authorization: Bearer <token>'",
     )
 
 
-_REJECT = grpc.unary_unary_rpc_method_handler(_unauthenticated)
+# A streaming-request handler runs as soon as the headers arrive, without reading the request:
+# a peer without the token is answered at once and cannot hold a call open by never sending
+# its message (a unary handler would wait for the message first).
+_REJECT = grpc.stream_unary_rpc_method_handler(_unauthenticated)
 
 
 class TokenAuth(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # not generic at run time

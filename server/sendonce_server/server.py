@@ -31,7 +31,7 @@ from .config import (
     tracing_configured,
 )
 from .engine.engine import Engine, EngineSettings, Receiver
-from .health import follow_store
+from .health import BoundedHealth, follow_store
 from .security import TokenAuth, read_secret, server_credentials
 from .store.factory import build_store
 from .store.urls import display_url
@@ -40,6 +40,9 @@ if TYPE_CHECKING:
     from .telemetry import Telemetry
 
 log = logging.getLogger("sendonce.server")
+
+# The queue of calls received by gRPC core but not yet picked up by the event loop.
+_MAX_PENDING = 20_000
 
 SERVICE_NAME = delivery_pb2.DESCRIPTOR.services_by_name["DeliveryService"].full_name
 
@@ -165,7 +168,7 @@ async def _serve(
     telemetry: Telemetry | None,
     reachable: bool,
 ) -> Sidecar:
-    gate = CallGate()
+    gate = CallGate(settings.max_concurrent_rpcs)
     # Outermost first: telemetry sees every call, refused ones included. With neither, grpc
     # runs no interceptor at all: even a pass-through interceptor costs every call.
     interceptors: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]
@@ -182,13 +185,24 @@ async def _serve(
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
+            # Calls gRPC core has received but the event loop has not picked up yet wait in a
+            # queue; past its soft limit (1000 by default) core drops them at random with a
+            # bare CANCELLED, so a burst of ~1,500 calls lost some. Raised far above the
+            # concurrency limit, a burst reaches the servicer and gets real answers
+            # (RESOURCE_EXHAUSTED beyond --max-concurrent-rpcs); the queue stays bounded.
+            ("grpc.server.max_pending_requests", _MAX_PENDING),
+            ("grpc.server.max_pending_requests_hard_limit", 2 * _MAX_PENDING),
+            # HTTP/2 has no timeout for a call that sends its headers and never its message:
+            # each connection is asked to go away (GOAWAY) after a while, and whatever still
+            # runs on it a grace period later is dropped, so no call lives for ever.
+            ("grpc.max_connection_age_ms", int(settings.stalled_call_timeout * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(settings.stalled_call_timeout * 1000)),
         ],
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     delivery_pb2_grpc.add_DeliveryServiceServicer_to_server(
         DeliveryServicer(engine, Limits(max_body_bytes=settings.max_body_bytes), gate), server
     )
-    health_servicer = HealthServicer()
+    health_servicer = BoundedHealth(settings.max_health_watchers)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [
@@ -273,6 +287,10 @@ def _remove_stale_socket(path: Path) -> None:
     raise ConfigError(f"unix socket {path} is in use by another process")
 
 
+def _ignore_hangup() -> None:
+    log.warning("SIGHUP ignored: sendonce-server does not reload; restart it to apply changes")
+
+
 async def serve(settings: ServerSettings) -> int:
     """Run until SIGTERM or SIGINT, then stop gracefully. Returns the exit status."""
     stop = asyncio.Event()
@@ -281,11 +299,15 @@ async def serve(settings: ServerSettings) -> int:
     # a graceful stop, never the default instant death.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    # Operators send HUP by habit (as to Alertmanager, or from a config-reload sidecar); its
+    # default action kills the process at once, losing a memory store. Until reloading exists,
+    # it is logged and ignored.
+    loop.add_signal_handler(signal.SIGHUP, _ignore_hangup)
     try:
         sidecar = await start(settings)
         await stop.wait()
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
     await sidecar.stop()

@@ -330,6 +330,134 @@ async def test_calls_beyond_the_concurrency_limit_are_refused(
     ]
 
 
+async def test_health_answers_serving_while_slow_delivers_fill_the_limit(
+    start_sidecar: StartSidecar, http_receiver: HttpReceiver
+) -> None:
+    sidecar = await start_sidecar(webhook(http_receiver), max_concurrent_rpcs=4)
+    http_receiver.hold()
+    held = [asyncio.ensure_future(sidecar.stub.Deliver(deliver(f"uid-{n}"))) for n in range(8)]
+    await http_receiver.wait_for_hits(4)
+    health = health_pb2_grpc.HealthStub(sidecar.channel)
+
+    liveness = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+    readiness = await health.Check(
+        health_pb2.HealthCheckRequest(service="sendonce.v1.DeliveryService"), timeout=2
+    )
+    http_receiver.release()
+    answers = await asyncio.gather(*held, return_exceptions=True)
+
+    assert liveness.status == health_pb2.HealthCheckResponse.SERVING
+    assert readiness.status == health_pb2.HealthCheckResponse.SERVING
+    codes = sorted(
+        answer.code().name if isinstance(answer, grpc.aio.AioRpcError) else "OK"
+        for answer in answers
+    )
+    assert codes == ["OK"] * 4 + ["RESOURCE_EXHAUSTED"] * 4
+    assert "--max-concurrent-rpcs=4" in str(
+        next(a for a in answers if isinstance(a, grpc.aio.AioRpcError)).details()
+    )
+    assert http_receiver.hits == 4
+
+
+async def _never(requests: asyncio.Event) -> AsyncIterator[bytes]:
+    await requests.wait()  # never set: the call sends its headers and never its message
+    yield b""
+
+
+async def test_peers_without_the_token_hold_no_slot_of_the_limit(
+    start_sidecar: StartSidecar, http_receiver: HttpReceiver, token_file: Path
+) -> None:
+    sidecar = await start_sidecar(
+        webhook(http_receiver), auth_token_file=token_file, max_concurrent_rpcs=2
+    )
+    # Twice the limit of each way to hold a call: header-only Delivers and health Watches.
+    never = asyncio.Event()
+    headers_only = [
+        sidecar.channel.stream_unary(
+            "/sendonce.v1.DeliveryService/Deliver",
+            request_serializer=bytes,
+            response_deserializer=pb.DeliverResponse.FromString,
+        )(_never(never))
+        for _ in range(4)
+    ]
+    health = health_pb2_grpc.HealthStub(sidecar.channel)
+    watches = [health.Watch(health_pb2.HealthCheckRequest(service="")) for _ in range(4)]
+    for watch in watches:
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+
+    answers = [
+        await sidecar.stub.Deliver(deliver(f"uid-{n}"), metadata=bearer(TOKEN), timeout=5)
+        for n in range(3)
+    ]
+    # Without the token a call is answered from its headers: it cannot wait for ever.
+    refusals = [await asyncio.wait_for(call.code(), 5) for call in headers_only]
+    for watch in watches:
+        watch.cancel()
+
+    assert [answer.outcome for answer in answers] == [pb.OUTCOME_DELIVERED] * 3
+    assert refusals == [grpc.StatusCode.UNAUTHENTICATED] * 4
+
+
+async def test_a_call_that_never_sends_its_message_is_dropped_after_the_stall_timeout(
+    start_sidecar: StartSidecar, http_receiver: HttpReceiver
+) -> None:
+    sidecar = await start_sidecar(webhook(http_receiver), stalled_call_timeout=0.5)
+    never = asyncio.Event()
+    stalled = sidecar.channel.stream_unary(
+        "/grpc.health.v1.Health/Check",
+        request_serializer=bytes,
+        response_deserializer=health_pb2.HealthCheckResponse.FromString,
+    )(_never(never))
+
+    # Age 0.5 s (±10 %), then 0.5 s of grace: the call ends well within 10 s.
+    code = await asyncio.wait_for(stalled.code(), 10)
+    answer = await sidecar.stub.Deliver(deliver("uid-after"), timeout=10)
+
+    assert code == grpc.StatusCode.UNAVAILABLE, code
+    assert answer.outcome == pb.OUTCOME_DELIVERED
+
+
+async def test_health_watch_streams_are_bounded_and_check_still_answers(
+    start_sidecar: StartSidecar, http_receiver: HttpReceiver
+) -> None:
+    sidecar = await start_sidecar(webhook(http_receiver), max_health_watchers=2)
+    health = health_pb2_grpc.HealthStub(sidecar.channel)
+    watches = [health.Watch(health_pb2.HealthCheckRequest(service="")) for _ in range(2)]
+    for watch in watches:
+        await watch.read()
+
+    with pytest.raises(grpc.aio.AioRpcError) as third:
+        await health.Watch(health_pb2.HealthCheckRequest(service="")).read()
+    checked = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+    for watch in watches:
+        watch.cancel()
+
+    assert third.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "--max-health-watchers" in str(third.value.details())
+    assert checked.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_a_burst_of_concurrent_calls_gets_real_answers_never_cancelled(
+    start_sidecar: StartSidecar,
+) -> None:
+    # gRPC core used to drop calls queued beyond 1000 with a bare CANCELLED.
+    sidecar = await start_sidecar(
+        {"receivers": [{"name": "hook", "type": "noop", "settings": {}}]},
+        max_concurrent_rpcs=1024,
+    )
+
+    async def one(n: int) -> str:
+        try:
+            await sidecar.stub.Deliver(deliver(f"uid-{n}"), timeout=60)
+        except grpc.aio.AioRpcError as error:
+            return error.code().name
+        return "OK"
+
+    codes = set(await asyncio.gather(*(one(n) for n in range(2000))))
+
+    assert codes <= {"OK", "RESOURCE_EXHAUSTED"}, codes
+
+
 async def test_a_message_over_the_size_limit_is_refused_before_anything_is_sent(
     start_sidecar: StartSidecar, http_receiver: HttpReceiver
 ) -> None:

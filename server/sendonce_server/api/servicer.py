@@ -45,19 +45,40 @@ def _timeout(context: grpc.aio.ServicerContext[object, object]) -> float | None:
 
 
 class CallGate:
-    """Once closed, the service answers new calls UNAVAILABLE before doing anything.
+    """Admission of DeliveryService calls: closed at shutdown, and at most `limit` at once.
 
-    The server itself keeps running while attempts drain: health answers NOT_SERVING and a
-    caller gets a status it may retry. (Calls still queued when gRPC core shuts down would get
-    CANCELLED instead, grpc/grpc#41785.) A flag the servicer reads, not an interceptor: with
-    no interceptor configured, grpc skips that machinery for every call.
+    Once closed, the service answers new calls UNAVAILABLE before doing anything: the server
+    keeps running while attempts drain, health answers NOT_SERVING and a caller gets a status it
+    may retry. (Calls still queued when gRPC core shuts down would get CANCELLED instead,
+    grpc/grpc#41785.)
+
+    The limit counts only calls that reached the servicer, so only authenticated callers of
+    this service (the token interceptor answers the others first) and never health. gRPC's own
+    `maximum_concurrent_rpcs` counted every call, health and unauthenticated ones included.
+    A counter the servicer reads, not an interceptor: with no interceptor configured, grpc
+    skips that machinery for every call.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         self.closed = False
+        self.limit = limit
+        self.running = 0
 
 
 _SHUTTING_DOWN = "sendonce-server is shutting down; nothing was sent"
+
+
+async def _admit(gate: CallGate, context: grpc.aio.ServicerContext[object, object]) -> None:
+    """Counts the call in, or aborts it; the caller must `gate.running -= 1` when admitted."""
+    if gate.closed:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
+    if gate.limit is not None and gate.running >= gate.limit:
+        await context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"more than --max-concurrent-rpcs={gate.limit} calls at once; nothing was sent, "
+            "retry with backoff",
+        )
+    gate.running += 1
 
 
 class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
@@ -69,8 +90,7 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
     async def Deliver(
         self, request: pb.DeliverRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> pb.DeliverResponse:
-        if self.gate.closed:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
+        await _admit(self.gate, context)
         try:
             key = self._key(request.uid, request.channel)
             if not request.HasField("notification"):
@@ -87,25 +107,27 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
             )
         except _REFUSALS as error:
             await context.abort(*_status(error))
+        finally:
+            self.gate.running -= 1
         return convert.deliver_response(result)
 
     async def AttemptCount(
         self, request: pb.AttemptCountRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> pb.AttemptCountResponse:
-        if self.gate.closed:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
+        await _admit(self.gate, context)
         try:
             key = self._key(request.uid, request.channel)
             state = await self.engine.attempt_count(key, request.persisted_attempts)
         except _REFUSALS as error:
             await context.abort(*_status(error))
+        finally:
+            self.gate.running -= 1
         return convert.attempt_count_response(state)
 
     async def Clear(
         self, request: pb.ClearRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> pb.ClearResponse:
-        if self.gate.closed:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
+        await _admit(self.gate, context)
         try:
             validation.check_uid(request.uid)
             for index, channel in enumerate(request.channels):
@@ -113,6 +135,8 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
             result = await self.engine.clear(request.uid, list(request.channels), request.force)
         except _REFUSALS as error:
             await context.abort(*_status(error))
+        finally:
+            self.gate.running -= 1
         return convert.clear_response(result)
 
     @staticmethod
