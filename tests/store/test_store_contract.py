@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,9 +20,7 @@ from sendonce_server.engine.decisions import (
 )
 from sendonce_server.engine.model import AttemptResult, Key, Outcome, Receipt, Status
 from sendonce_server.engine.ports import Store
-from sendonce_server.store.memory import MemoryStore
-from sendonce_server.store.redis import RedisStore
-from sendonce_server.store.sqlite import SqliteStore
+from tests.rules.stores import STORES, make_store
 
 T0 = 1_800_000_000.0
 KEY = Key("uid-1", "hook")
@@ -41,24 +38,7 @@ def request(persisted: int = 0, max_attempts: int = 3, fingerprint: str = "fp-1"
     )
 
 
-def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    if kind == "memory":
-        return MemoryStore(retention=RETENTION, clear_grace=GRACE)
-    if kind == "sqlite":
-        return SqliteStore(tmp_path / "state.db", retention=RETENTION, clear_grace=GRACE)
-    # The tests' clock runs ahead of Redis's, so the scripts take the tests' time.
-    fixture = {"redis-cluster": "redis_cluster_url", "redis-sentinel": "redis_sentinel_url"}
-    url = request.getfixturevalue(fixture.get(kind, "redis_url"))
-    return RedisStore(
-        url,
-        retention=RETENTION,
-        clear_grace=GRACE,
-        prefix=f"test-{uuid.uuid4().hex}:",
-        server_time=False,
-    )
-
-
-@pytest_asyncio.fixture(params=["memory", "sqlite", "redis", "redis-cluster", "redis-sentinel"])
+@pytest_asyncio.fixture(params=STORES)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     store = make_store(request.param, request, tmp_path)
     yield store
