@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,9 +20,7 @@ from sendonce_server.engine.decisions import (
 )
 from sendonce_server.engine.model import AttemptResult, Key, Outcome, Receipt, Status
 from sendonce_server.engine.ports import Store
-from sendonce_server.store.memory import MemoryStore
-from sendonce_server.store.redis import RedisStore
-from sendonce_server.store.sqlite import SqliteStore
+from tests.rules.stores import STORES, make_store
 
 T0 = 1_800_000_000.0
 KEY = Key("uid-1", "hook")
@@ -44,30 +41,7 @@ def request(
     )
 
 
-def make_store(
-    kind: str,
-    request: pytest.FixtureRequest,
-    tmp_path: Path,
-    retention: float = RETENTION,
-    grace: float = GRACE,
-) -> Store:
-    if kind == "memory":
-        return MemoryStore(retention=retention, clear_grace=grace)
-    if kind == "sqlite":
-        return SqliteStore(tmp_path / "state.db", retention=retention, clear_grace=grace)
-    # The tests' clock runs ahead of Redis's, so the scripts take the tests' time.
-    fixture = {"redis-cluster": "redis_cluster_url", "redis-sentinel": "redis_sentinel_url"}
-    url = request.getfixturevalue(fixture.get(kind, "redis_url"))
-    return RedisStore(
-        url,
-        retention=retention,
-        clear_grace=grace,
-        prefix=f"test-{uuid.uuid4().hex}:",
-        server_time=False,
-    )
-
-
-@pytest_asyncio.fixture(params=["memory", "sqlite", "redis", "redis-cluster", "redis-sentinel"])
+@pytest_asyncio.fixture(params=STORES)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     store = make_store(request.param, request, tmp_path)
     yield store
@@ -253,9 +227,6 @@ async def test_a_completion_from_before_a_forced_clear_leaves_the_new_attempt_al
     assert record is not None
     assert record.lease == new.lease
     assert [(e.number, e.result) for e in record.history] == [(1, AttemptResult.RUNNING)]
-
-
-STORES = ["memory", "sqlite", "redis", "redis-cluster", "redis-sentinel"]
 
 
 @pytest_asyncio.fixture(params=STORES)
