@@ -75,7 +75,8 @@ TARGETS = [
     Target("lua", SERVER / "store" / "redis_decisions.lua", LUA_SWAPS,
            [*RULES, "-k", "redis and not cluster and not sentinel"], "--"),
     Target("engine", SERVER / "engine" / "engine.py", PY_SWAPS,
-           ["tests/engine/test_engine.py"], "#", lines=r"attempt.*(>=|>|<|<=)|(>=|>).*max_attempts"),
+           ["tests/engine/test_engine.py"], "#",
+           lines=r"attempt.*(>=|>|<|<=)|(>=|>).*max_attempts"),
 ]  # fmt: skip
 
 # (target, line number, mutated line stripped): why no test can tell the mutant apart.
