@@ -45,3 +45,8 @@ test-go: setup
 .PHONY: bench
 bench: setup
 	$(PY) -m bench $(BENCH_ARGS)
+
+# Mutation testing of the rules (Python, Lua, the engine budget lines): slow, not in CI.
+.PHONY: mutate
+mutate: setup
+	$(PY) scripts/mutate.py $(MUTATE_ARGS)

@@ -1,0 +1,168 @@
+"""Mutation testing of the rules: flip each comparison, shift each boundary, swap and/or and
+max/min in the rule code, run the rule tests against each mutant, and print what survived.
+
+    .venv/bin/python scripts/mutate.py [--only lua|python|engine] [--list]
+
+Targets: the Python rules (engine/decisions.py, against the model and memory store rows and
+the differential test), the Lua script (against the single-Redis rows and differential test)
+and the engine's budget lines (against tests/engine/test_engine.py). One mutant at a time is
+written over the file and the file is restored afterwards, whatever happens. A survivor is
+either a missing test or an equivalent mutant; EQUIVALENT below lists the known equivalents,
+each with the reason, so the count of survivors that need a test stays at zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER = ROOT / "server" / "sendonce_server"
+PYTEST = [str(ROOT / ".venv" / "bin" / "pytest"), "-x", "-q", "-p", "no:cacheprovider"]
+RULES = ["tests/rules/test_table.py", "tests/rules/test_differential.py"]
+
+PY_SWAPS = [
+    (r"(?<![<>=!])>=(?!=)", ">"),
+    (r"(?<![<>=!-])>(?![=>])", ">="),
+    (r"<=", "<"),
+    (r"(?<![<])<(?![=<])", "<="),
+    (r"==", "!="),
+    (r"!=", "=="),
+    (r"\bis not\b", "is"),
+    (r"\bis\b(?! not)", "is not"),
+    (r"\band\b", "or"),
+    (r"\bor\b", "and"),
+    (r"\bmax\(", "min("),
+    (r"\+= 1\b", "+= 2"),
+    (r"\bnot (?!in\b)", ""),
+    (r"\bTrue\b", "False"),
+    (r"\bFalse\b", "True"),
+]
+LUA_SWAPS = [
+    (r"(?<![<>=~])>=", ">"),
+    (r"(?<![<>=~-])>(?!=)", ">="),
+    (r"<=", "<"),
+    (r"(?<![<])<(?!=)", "<="),
+    (r"==", "~="),
+    (r"~=", "=="),
+    (r"\band\b", "or"),
+    (r"\bor\b", "and"),
+    (r"math\.max\(", "math.min("),
+    (r"\+ 1\b", "+ 2"),
+    (r"\bnot ", ""),
+    (r"\btrue\b", "false"),
+    (r"\bfalse\b", "true"),
+]
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    path: Path
+    swaps: list[tuple[str, str]]
+    tests: list[str]
+    comment: str
+    lines: str = ""  # a regex: only the lines that match are mutated (empty: every line)
+
+
+TARGETS = [
+    Target("python", SERVER / "engine" / "decisions.py", PY_SWAPS,
+           [*RULES, "-k", "model or memory"], "#"),
+    Target("lua", SERVER / "store" / "redis_decisions.lua", LUA_SWAPS,
+           [*RULES, "-k", "redis and not cluster and not sentinel"], "--"),
+    Target("engine", SERVER / "engine" / "engine.py", PY_SWAPS,
+           ["tests/engine/test_engine.py"], "#",
+           lines=r"attempt.*(>=|>|<|<=)|(>=|>).*max_attempts"),
+]  # fmt: skip
+
+# (target, line number, mutated line stripped): why no test can tell the mutant apart.
+EQUIVALENT: dict[tuple[str, int, str], str] = {}
+
+
+@dataclass(frozen=True)
+class Mutant:
+    target: Target
+    line: int  # 1-based
+    before: str
+    after: str
+
+
+def mutants(target: Target) -> list[Mutant]:
+    found: list[Mutant] = []
+    in_docstring = False
+    for number, line in enumerate(target.path.read_text().splitlines(), start=1):
+        code = line.split(target.comment, 1)[0]
+        if target.comment == "#" and code.count('"""') % 2:
+            in_docstring = not in_docstring
+            continue
+        stripped = code.strip()
+        if in_docstring or not stripped or stripped.startswith(("import", "from", "@", "def ")):
+            continue
+        if target.lines and not re.search(target.lines, code):
+            continue
+        if re.match(r"^\s*(local\s+)?function\b", code):
+            continue
+        for pattern, replacement in target.swaps:
+            for match in re.finditer(pattern, code):
+                if _in_string(code, match.start()):
+                    continue
+                mutated = code[: match.start()] + replacement + code[match.end() :]
+                found.append(Mutant(target, number, line, mutated + line[len(code) :]))
+    return found
+
+
+def _in_string(code: str, index: int) -> bool:
+    return code[:index].count("'") % 2 == 1 or code[:index].count('"') % 2 == 1
+
+
+def killed(mutant: Mutant) -> bool:
+    original = mutant.target.path.read_text()
+    lines = original.splitlines(keepends=True)
+    lines[mutant.line - 1] = mutant.after + "\n"
+    try:
+        mutant.target.path.write_text("".join(lines))
+        run = subprocess.run(  # noqa: S603  # our own pytest, fixed arguments
+            [*PYTEST, *mutant.target.tests], cwd=ROOT, capture_output=True, check=False
+        )
+    finally:
+        mutant.target.path.write_text(original)
+    return run.returncode != 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=[t.name for t in TARGETS])
+    parser.add_argument("--list", action="store_true", help="print the mutants, run nothing")
+    args = parser.parse_args()
+    survivors: list[Mutant] = []
+    equivalent = total = 0
+    for target in TARGETS:
+        if args.only and target.name != args.only:
+            continue
+        for mutant in mutants(target):
+            where = f"{target.path.relative_to(ROOT)}:{mutant.line}: {mutant.after.strip()}"
+            if args.list:
+                print(where)
+                continue
+            total += 1
+            reason = EQUIVALENT.get((target.name, mutant.line, mutant.after.strip()))
+            if killed(mutant):
+                print(f"killed    {where}", flush=True)
+            elif reason:
+                equivalent += 1
+                print(f"equivalent {where}  ({reason})", flush=True)
+            else:
+                survivors.append(mutant)
+                print(f"SURVIVED  {where}", flush=True)
+    if not args.list:
+        print(f"\n{total} mutants: {total - equivalent - len(survivors)} killed, "
+              f"{equivalent} equivalent, {len(survivors)} survived")  # fmt: skip
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
