@@ -263,3 +263,14 @@ async def test_a_flight_stops_waiting_on_another_holder_once_its_callers_left() 
     channel.answer()
     await first
     assert left.outcome is Outcome.IN_PROGRESS
+
+
+async def test_a_count_above_the_budget_answers_no_attempt_beyond_it() -> None:
+    """Attempts made elsewhere have no number here: the answer names none past the budget."""
+    channel = ScriptedChannel(SUCCESS)
+    result = await engine(MemoryStore(), channel).deliver(
+        KEY, NOTE, persisted_attempts=7, timeout=1.0
+    )
+    assert (result.outcome, result.final) == (Outcome.EXHAUSTED, True)
+    assert (result.attempt, result.attempts_used, result.max_attempts) == (5, 7, 5)
+    assert channel.sends == []

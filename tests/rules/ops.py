@@ -39,6 +39,7 @@ class Reserve:
     max_attempts: int = 3
     fingerprint: str = "fp-1"
     blocked: bool = False
+    reservation: str = ""  # the flight's id; asked again after a lost reply, the same
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,15 @@ class Complete:
     result: str = "failed"  # an AttemptResult value
     of: int = -1
     delay: float = 0.0
+    persisted: int = 0  # the highest count of the callers that joined the attempt
+
+
+@dataclass(frozen=True)
+class Release:
+    """Give back a reservation never sent, by its id alone: its reply may never have come."""
+
+    at: float
+    reservation: str
 
 
 @dataclass(frozen=True)
@@ -62,7 +72,7 @@ class Read:
     at: float
 
 
-Op = Reserve | Complete | Clear | Read
+Op = Reserve | Complete | Release | Clear | Read
 
 
 @dataclass
@@ -93,6 +103,7 @@ def completion(reserved: Reserved, op: Complete) -> Completion:
         error="" if succeeded else f"HTTP {400 if op.result == 'failed_permanent' else 503}",
         receipt=Receipt("HTTP 200", {"id": "r-1"}) if succeeded else None,
         retry_delay=op.delay,
+        persisted_attempts=op.persisted,
     )
 
 
@@ -107,13 +118,18 @@ async def apply(store: Store, run: Run, op: Op, key: Key = KEY) -> str:
             persisted_attempts=op.persisted,
             lease_seconds=LEASE,
             blocked=op.blocked,
+            reservation=op.reservation,
         )
         decision = await store.reserve(key, request, now)
         if isinstance(decision, Reserved):
             run.reserved.append(decision)
         return describe(decision)
-    if isinstance(op, Complete):
-        record = await store.complete(key, completion(run.reserved[op.of], op), now)
+    if isinstance(op, Complete | Release):
+        if isinstance(op, Complete):
+            done = completion(run.reserved[op.of], op)
+        else:
+            done = Completion(0, 0, AttemptResult.RELEASED, reservation=op.reservation)
+        record = await store.complete(key, done, now)
         return "gone" if record is None else "ok"
     if isinstance(op, Clear):
         cleared, running = await store.clear(key.uid, [], op.force, now)

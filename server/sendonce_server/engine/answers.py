@@ -21,11 +21,16 @@ def answer(
     """The answer that `record` gives: `outcome` for a verdict, else that of its last attempt.
 
     `attempt` is the attempt the answer refers to: the one that succeeded for a delivered key,
-    else the last one the record holds (the count when it holds none, e.g. persisted only).
+    else the last one the record holds. When it holds none (a count from `persisted_attempts`,
+    or a tombstone), the count stands in, capped at the budget: attempts made elsewhere have no
+    number here, and no answer names an attempt beyond the budget that sendonce never made.
     """
     if outcome is None:
         outcome = _AFTER_ATTEMPT[record.status]
-    attempt = record.history[-1].number if record.history else record.attempts
+    if record.history:
+        attempt = record.history[-1].number
+    else:
+        attempt = min(record.attempts, record.max_attempts)
     delivered = record.status is Status.DELIVERED
     if delivered:
         attempt = next(
