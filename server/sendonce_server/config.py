@@ -27,6 +27,9 @@ class ServerSettings(BaseSettings):
 
     Every flag can also be set by an environment variable: SENDONCE_ and the flag's name in
     upper case with '_' for '-' (e.g. SENDONCE_LISTEN).
+
+    `sendonce-server check-config [flags]` checks the same flags and the receivers file without
+    serving: exit 0 with a summary, or 2 naming every problem.
     """
 
     model_config = SettingsConfigDict(
