@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
 from .engine.ports import Store
+from .status import Readiness
 
 log = logging.getLogger("sendonce.health")
 
@@ -20,15 +21,20 @@ async def follow_store(
     health: HealthServicer,
     services: Sequence[str],
     interval: float,
-    serving: bool = True,
+    readiness: Readiness,
 ) -> None:
-    """Runs until cancelled; logs each change so an operator sees outages begin and end."""
+    """Runs until cancelled; logs each change so an operator sees outages begin and end.
+
+    `readiness` is what the admin port's /readyz and the store metrics read.
+    """
     while True:
         await asyncio.sleep(interval)
         reachable = await store.ping()
-        if reachable == serving:
+        if not reachable:
+            readiness.store_check_failures += 1
+        if reachable == readiness.store_reachable:
             continue
-        serving = reachable
+        readiness.store_reachable = reachable
         status = health_pb2.HealthCheckResponse.SERVING
         if not reachable:
             status = health_pb2.HealthCheckResponse.NOT_SERVING

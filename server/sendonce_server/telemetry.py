@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable, Iterable, Sized
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeAlias
-from wsgiref.simple_server import WSGIServer
 
 import grpc
 from opentelemetry import propagate, trace
@@ -27,10 +26,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Histogram
 
 from . import __version__
-from .config import ConfigError, tracing_configured
+from .config import tracing_configured
 from .engine.engine import Engine
 from .engine.model import CircuitState, DeliveryResult, Key, Outcome
 from .engine.observer import AttemptObservation
@@ -47,8 +46,6 @@ _CIRCUIT_LEVEL = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitStat
 
 @dataclass(frozen=True, slots=True)
 class TelemetrySettings:
-    # host:port for the Prometheus /metrics endpoint; None: no metrics.
-    metrics_listen: str | None = None
     # Parent-based: a caller's sampled trace is always continued; new roots use this ratio.
     trace_sample_ratio: float = 0.1
 
@@ -194,8 +191,6 @@ class Telemetry:
             registry,
         )
         self._engine = engine
-        # The /metrics HTTP server (a thread), stopped with the rest by `shutdown`.
-        self.metrics_server: WSGIServer | None = None
         meter.create_observable_gauge(
             "sendonce.store.records",
             callbacks=[self._records],
@@ -245,10 +240,6 @@ class Telemetry:
             yield Observation(_CIRCUIT_LEVEL[breaker.state], {"receiver": name})
 
     def shutdown(self) -> None:
-        if self.metrics_server is not None:
-            self.metrics_server.shutdown()
-            self.metrics_server.server_close()
-            self.metrics_server = None
         if self.tracing is not None:
             self.tracing.shutdown()
         if self.meters is not None:
@@ -277,15 +268,13 @@ def _trace_exporter() -> Any | None:
     return OTLPSpanExporter()
 
 
-def setup(settings: TelemetrySettings, engine: Engine) -> Telemetry:
-    """Metrics and tracing as configured; each is off (and free) when not asked for."""
+def setup(
+    settings: TelemetrySettings, engine: Engine, registry: CollectorRegistry | None = None
+) -> Telemetry:
+    """Metrics into `registry` (none without one) and tracing as the OTEL_* variables ask."""
     resource = Resource.create({"service.name": "sendonce", "service.version": __version__})
     meters = None
-    metrics_server = None
-    registry = None
-    if settings.metrics_listen:
-        registry = CollectorRegistry()
-        metrics_server = _serve_metrics(settings.metrics_listen, registry)
+    if registry is not None:
         reader = PrometheusMetricReader(registry=registry)
         meters = MeterProvider(
             metric_readers=[reader],
@@ -293,7 +282,6 @@ def setup(settings: TelemetrySettings, engine: Engine) -> Telemetry:
             # Exemplars would cost every measurement a trace lookup; Prometheus text drops them.
             exemplar_filter=AlwaysOffExemplarFilter(),
         )
-        log.info("metrics on http://%s/metrics", settings.metrics_listen)
     tracing = None
     exporter = _trace_exporter()
     if exporter is not None:
@@ -304,26 +292,8 @@ def setup(settings: TelemetrySettings, engine: Engine) -> Telemetry:
     telemetry = Telemetry(
         meters, tracing, engine, sample_ratio=settings.trace_sample_ratio, registry=registry
     )
-    telemetry.metrics_server = metrics_server
     engine.observer = telemetry
     return telemetry
-
-
-def _serve_metrics(listen: str, registry: CollectorRegistry) -> WSGIServer:
-    """Start the /metrics HTTP server on host:port ([::1]:port for IPv6)."""
-    host, _, port = listen.rpartition(":")
-    try:
-        server, _ = start_http_server(
-            int(port),
-            addr=host.strip("[]") or "0.0.0.0",  # noqa: S104
-            registry=registry,
-        )
-    except ValueError:
-        raise ConfigError(f"cannot serve metrics on {listen}: use host:port") from None
-    except (OSError, OverflowError) as error:
-        reason = getattr(error, "strerror", None) or "the port must be 0 to 65535"
-        raise ConfigError(f"cannot serve metrics on {listen}: {reason}") from None
-    return server
 
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"

@@ -156,9 +156,9 @@ async def test_a_metrics_address_that_cannot_be_used_is_a_config_error() -> None
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         busy = f"127.0.0.1:{taken.getsockname()[1]}"
-        with pytest.raises(ConfigError, match=f"cannot serve metrics on {re.escape(busy)}"):
+        with pytest.raises(ConfigError, match=f"cannot serve the admin port on {re.escape(busy)}"):
             await start(ServerSettings(listen="127.0.0.1:0", metrics_listen=busy))
-    with pytest.raises(ConfigError, match=r"cannot serve metrics on 127\.0\.0\.1:http"):
+    with pytest.raises(ConfigError, match=r"cannot serve the admin port on 127\.0\.0\.1:http"):
         await start(ServerSettings(listen="127.0.0.1:0", metrics_listen="127.0.0.1:http"))
 
 
