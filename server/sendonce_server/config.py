@@ -244,6 +244,9 @@ def describe(error: ValidationError) -> str:
     return "\n".join(lines)
 
 
+TRACES_OFF = "not exported (set OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_TRACES_EXPORTER)"
+
+
 def tracing_configured() -> bool:
     """Whether the OTEL_* variables ask for spans to be exported."""
     chosen = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()

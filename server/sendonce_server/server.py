@@ -24,6 +24,7 @@ from .api.servicer import CallGate, DeliveryServicer
 from .api.validation import Limits
 from .channels.registry import ChannelConfigError, build_channel
 from .config import (
+    TRACES_OFF,
     ConfigError,
     ReceiversFile,
     ServerSettings,
@@ -198,6 +199,8 @@ async def start(settings: ServerSettings, config: ReceiversFile | None = None) -
             telemetry = setup_telemetry(
                 TelemetrySettings(settings.trace_sample_ratio), engine, registry
             )
+        else:
+            log.info("traces: %s", TRACES_OFF)
         sidecar = await _serve(settings, engine, credentials, token, telemetry, readiness)
         sidecar.reloads = reloads
         if registry is not None and settings.metrics_listen:

@@ -106,7 +106,8 @@ class Engine:
         self._unreleased: dict[str, tuple[Key, float]] = {}
         self._releaser: asyncio.Task[None] | None = None
         self.breakers = {
-            r.name: CircuitBreaker(r.breaker, self.clock.now) for r in self.receivers.values()
+            r.name: CircuitBreaker(r.breaker, self.clock.now, r.name)
+            for r in self.receivers.values()
         }
         self._waiting = 0
 
@@ -141,7 +142,7 @@ class Engine:
         goes on and is recorded either way.
         """
         result = await self._deliver(key, notification, policy, persisted_attempts, timeout)
-        self.observer.answered(key.channel, result)
+        self.observer.answered(key, result)
         return result
 
     async def _deliver(
@@ -244,7 +245,9 @@ class Engine:
             if previous is not None and previous.breaker == receiver.breaker:
                 breakers[receiver.name] = self.breakers[receiver.name]
             else:
-                breakers[receiver.name] = CircuitBreaker(receiver.breaker, self.clock.now)
+                breakers[receiver.name] = CircuitBreaker(
+                    receiver.breaker, self.clock.now, receiver.name
+                )
         replaced = list(self.receivers.values())
         self.receivers = {receiver.name: receiver for receiver in receivers}
         self.breakers = breakers
