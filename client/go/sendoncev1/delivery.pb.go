@@ -28,6 +28,9 @@ const (
 )
 
 // Priority of a notification, mapped by each channel to its own notion (severity, colour, ...).
+// An open enum: a value the sidecar does not know (added to this file after the sidecar was
+// built) is accepted and treated as PRIORITY_UNSPECIFIED, by the channels and when the payload
+// is compared with the key's first one; it never fails the call.
 type Priority int32
 
 const (

@@ -37,7 +37,11 @@ class _PriorityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Priority.Val
     PRIORITY_CRITICAL: _Priority.ValueType  # 4
 
 class Priority(_Priority, metaclass=_PriorityEnumTypeWrapper):
-    """Priority of a notification, mapped by each channel to its own notion (severity, colour, ...)."""
+    """Priority of a notification, mapped by each channel to its own notion (severity, colour, ...).
+    An open enum: a value the sidecar does not know (added to this file after the sidecar was
+    built) is accepted and treated as PRIORITY_UNSPECIFIED, by the channels and when the payload
+    is compared with the key's first one; it never fails the call.
+    """
 
 PRIORITY_UNSPECIFIED: Priority.ValueType  # 0
 PRIORITY_LOW: Priority.ValueType  # 1
