@@ -7,6 +7,7 @@ declaration in the committed Go stubs (client/go/sendoncev1), where a Go team re
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -107,3 +108,63 @@ def test_the_go_stubs_carry_each_comment_on_its_declaration(elements: list[Eleme
             missing.append(f"{element.kind} {element.name}")
 
     assert missing == []
+
+
+# --- The breaking check and the file options ---
+
+BUF = Path(sys.executable).with_name("buf")
+
+
+def _baseline(tmp_path: Path, proto: str) -> dict[str, str]:
+    """The environment that makes scripts/buf-breaking compare with this proto text."""
+    (tmp_path / "sendonce" / "v1").mkdir(parents=True)
+    (tmp_path / "sendonce" / "v1" / "delivery.proto").write_text(proto)
+    path = f"{BUF.parent}{os.pathsep}{os.environ['PATH']}"
+    return {**os.environ, "PATH": path, "SENDONCE_BREAKING_AGAINST": str(tmp_path)}
+
+
+def _breaking(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    script = ROOT / "scripts" / "buf-breaking"
+    return subprocess.run([script], env=env, capture_output=True, text=True, check=False)
+
+
+CURRENT = (ROOT / "proto" / PROTO).read_text()
+WITHOUT_OPTIONS = "".join(
+    line for line in CURRENT.splitlines(keepends=True) if not line.startswith("option ")
+)
+
+
+def test_buf_breaking_accepts_the_file_options_over_a_contract_that_had_none(
+    tmp_path: Path,
+) -> None:
+    assert WITHOUT_OPTIONS != CURRENT
+
+    checked = _breaking(_baseline(tmp_path, WITHOUT_OPTIONS))
+
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "sets no file options" in checked.stdout
+
+
+def test_buf_breaking_refuses_a_changed_go_package(tmp_path: Path) -> None:
+    other = CURRENT.replace("client/go/sendoncev1;", "client/go/v1;")
+    assert other != CURRENT
+
+    checked = _breaking(_baseline(tmp_path, other))
+
+    assert checked.returncode != 0
+    assert 'File option "go_package" changed' in checked.stdout
+
+
+def test_buf_breaking_without_file_options_still_refuses_a_deleted_field(
+    tmp_path: Path,
+) -> None:
+    richer = WITHOUT_OPTIONS.replace(
+        "repeated string running_channels = 2;",
+        "repeated string running_channels = 2;\n  // Gone.\n  bool gone = 3;",
+    )
+    assert richer != WITHOUT_OPTIONS
+
+    checked = _breaking(_baseline(tmp_path, richer))
+
+    assert checked.returncode != 0
+    assert 'field "3" with name "gone"' in checked.stdout

@@ -1324,7 +1324,8 @@ const file_sendonce_v1_delivery_proto_rawDesc = "" +
 	"\x0fDeliveryService\x12D\n" +
 	"\aDeliver\x12\x1b.sendonce.v1.DeliverRequest\x1a\x1c.sendonce.v1.DeliverResponse\x12S\n" +
 	"\fAttemptCount\x12 .sendonce.v1.AttemptCountRequest\x1a!.sendonce.v1.AttemptCountResponse\x12>\n" +
-	"\x05Clear\x12\x19.sendonce.v1.ClearRequest\x1a\x1a.sendonce.v1.ClearResponseb\x06proto3"
+	"\x05Clear\x12\x19.sendonce.v1.ClearRequest\x1a\x1a.sendonce.v1.ClearResponseB\x91\x01\n" +
+	"\x0fcom.sendonce.v1B\rDeliveryProtoP\x01Z<github.com/sendonce/sendonce/client/go/sendoncev1;sendoncev1\xa2\x02\x03SND\xaa\x02\vSendonce.V1\xca\x02\vSendonce\\V1\xea\x02\fSendonce::V1b\x06proto3"
 
 var (
 	file_sendonce_v1_delivery_proto_rawDescOnce sync.Once
