@@ -8,6 +8,7 @@ declaration in the committed Go stubs (client/go/sendoncev1), where a Go team re
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -110,9 +111,111 @@ def test_the_go_stubs_carry_each_comment_on_its_declaration(elements: list[Eleme
     assert missing == []
 
 
-# --- The breaking check and the file options ---
+# --- Generating Go: the templates of docs/clients.md, and the breaking check's file options ---
 
 BUF = Path(sys.executable).with_name("buf")
+GOBIN = ROOT / ".venv" / "gobin"  # where scripts/gen-proto installs the pinned Go plugins
+PLUGINS = ("protoc-gen-go", "protoc-gen-go-grpc")
+
+
+def _require_go_plugins(tmp_path: Path) -> dict[str, str]:
+    """An environment with the pinned Go plugins first on PATH (installed when missing)."""
+    if shutil.which("go") is None:
+        reason = "`go` is not on PATH: the Go generation checks need a Go toolchain"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason} (CI=true: a missing tool fails instead of skipping)")
+        pytest.skip(reason)
+    if not all((GOBIN / plugin).is_file() for plugin in PLUGINS):
+        subprocess.run([ROOT / "scripts" / "gen-proto", tmp_path / "installs"], check=True)
+    return {**os.environ, "PATH": f"{GOBIN}{os.pathsep}{os.environ['PATH']}"}
+
+
+def _without_protoc_version(go: str) -> str:
+    """Stub text but the header line naming the compiler (protoc's version, or buf's unknown)."""
+    return "\n".join(line for line in go.splitlines() if "protoc  " not in line)
+
+
+def test_buf_gen_yaml_writes_the_committed_go_package(tmp_path: Path) -> None:
+    env = _require_go_plugins(tmp_path)
+
+    subprocess.run([BUF, "generate", "-o", tmp_path], cwd=ROOT, env=env, check=True)
+
+    generated = sorted(p.name for p in (tmp_path / "gen" / "go" / "sendoncev1").iterdir())
+    assert generated == ["delivery.pb.go", "delivery_grpc.pb.go"]
+    for name in generated:
+        ours = (tmp_path / "gen" / "go" / "sendoncev1" / name).read_text()
+        committed = (GO_STUBS / name).read_text()
+        assert _without_protoc_version(ours) == _without_protoc_version(committed), name
+
+
+OWN_MODULE_TEMPLATE = """\
+version: v2
+inputs:
+  - directory: {proto}
+managed:
+  enabled: true
+  override:
+    - file_option: go_package
+      value: github.com/acme/backup-operator/gen/sendoncev1;sendoncev1
+clean: true
+plugins:
+  - local: protoc-gen-go
+    out: gen
+    opt: module=github.com/acme/backup-operator/gen
+  - local: protoc-gen-go-grpc
+    out: gen
+    opt: module=github.com/acme/backup-operator/gen
+"""
+
+OWN_MODULE_MAIN = """\
+package main
+
+import (
+	"fmt"
+
+	"google.golang.org/grpc"
+
+	sendoncev1 "github.com/acme/backup-operator/gen/sendoncev1"
+)
+
+func main() {
+	var conn grpc.ClientConnInterface
+	client := sendoncev1.NewDeliveryServiceClient(conn)
+	fmt.Println(client != nil, sendoncev1.Outcome_OUTCOME_DELIVERED)
+}
+"""
+
+
+def test_the_docs_template_generates_into_a_controllers_own_module(tmp_path: Path) -> None:
+    """docs/clients.md's "your own copy" template: go_package overridden, a module that vets."""
+    env = _require_go_plugins(tmp_path)
+    # Only the module cache: tests reach no network (make test downloads client/go's modules).
+    env |= {"GOFLAGS": "-mod=mod", "GOPROXY": "off", "GOTOOLCHAIN": "local"}
+    module = tmp_path / "backup-operator"
+    module.mkdir()
+    go_mod = (ROOT / "client" / "go" / "go.mod").read_text()
+    (module / "go.mod").write_text(
+        go_mod.replace(
+            "module github.com/sendonce/sendonce/client/go",
+            "module github.com/acme/backup-operator",
+        )
+    )
+    shutil.copy(ROOT / "client" / "go" / "go.sum", module / "go.sum")
+    (module / "buf.gen.yaml").write_text(OWN_MODULE_TEMPLATE.format(proto=ROOT / "proto"))
+    (module / "main.go").write_text(OWN_MODULE_MAIN)
+
+    subprocess.run([BUF, "generate"], cwd=module, env=env, check=True)
+    vet = subprocess.run(
+        ["go", "vet", "./..."], cwd=module, env=env, capture_output=True, text=True, check=False
+    )
+
+    if "GOPROXY=off" in vet.stderr:
+        pytest.skip("client/go's modules are not in the module cache: `make test` downloads them")
+    assert sorted(p.name for p in (module / "gen" / "sendoncev1").iterdir()) == [
+        "delivery.pb.go",
+        "delivery_grpc.pb.go",
+    ]
+    assert vet.returncode == 0, vet.stderr
 
 
 def _baseline(tmp_path: Path, proto: str) -> dict[str, str]:
