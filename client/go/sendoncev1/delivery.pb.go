@@ -34,7 +34,8 @@ const (
 type Priority int32
 
 const (
-	// No priority given (the default): channels show none; PagerDuty severity "info".
+	// No priority given (the default): Slack, Teams and email show none, the JSON channels
+	// (console, file, webhook) say "unspecified", PagerDuty's severity is "info".
 	Priority_PRIORITY_UNSPECIFIED Priority = 0
 	// Low: PagerDuty severity "info".
 	Priority_PRIORITY_LOW Priority = 1

@@ -31,7 +31,9 @@ class _Priority:
 class _PriorityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Priority.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     PRIORITY_UNSPECIFIED: _Priority.ValueType  # 0
-    """No priority given (the default): channels show none; PagerDuty severity "info"."""
+    """No priority given (the default): Slack, Teams and email show none, the JSON channels
+    (console, file, webhook) say "unspecified", PagerDuty's severity is "info".
+    """
     PRIORITY_LOW: _Priority.ValueType  # 1
     """Low: PagerDuty severity "info"."""
     PRIORITY_NORMAL: _Priority.ValueType  # 2
@@ -51,7 +53,9 @@ class Priority(_Priority, metaclass=_PriorityEnumTypeWrapper):
     """
 
 PRIORITY_UNSPECIFIED: Priority.ValueType  # 0
-"""No priority given (the default): channels show none; PagerDuty severity "info"."""
+"""No priority given (the default): Slack, Teams and email show none, the JSON channels
+(console, file, webhook) say "unspecified", PagerDuty's severity is "info".
+"""
 PRIORITY_LOW: Priority.ValueType  # 1
 """Low: PagerDuty severity "info"."""
 PRIORITY_NORMAL: Priority.ValueType  # 2
