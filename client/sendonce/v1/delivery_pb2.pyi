@@ -252,13 +252,17 @@ class RetryPolicy(_message.Message):
     max_attempts: _builtins.int
     """1 to 20; 0 means unset."""
     multiplier: _builtins.float
-    """At least 1; 0 means unset."""
+    """1 to 100, finite (not NaN nor infinity); 0 means unset."""
     jitter: _builtins.float
     """Fraction of the backoff added or removed at random, 0 to 1."""
     @_builtins.property
-    def initial_backoff(self) -> _duration_pb2.Duration: ...
+    def initial_backoff(self) -> _duration_pb2.Duration:
+        """0 to 365 days (31536000 s), nanos 0 to 999999999; anything else is INVALID_ARGUMENT."""
+
     @_builtins.property
-    def max_backoff(self) -> _duration_pb2.Duration: ...
+    def max_backoff(self) -> _duration_pb2.Duration:
+        """initial_backoff to 365 days (31536000 s), nanos 0 to 999999999."""
+
     def __init__(
         self,
         *,
