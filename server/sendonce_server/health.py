@@ -71,3 +71,19 @@ class BoundedHealth(HealthServicer):  # type: ignore[misc]  # grpc_health ships 
             await super().Watch(request, context)
         finally:
             self.watchers -= 1
+
+    async def List(
+        self,
+        request: health_pb2.HealthListRequest,
+        context: grpc.aio.ServicerContext[
+            health_pb2.HealthListRequest, health_pb2.HealthListResponse
+        ],
+    ) -> health_pb2.HealthListResponse:
+        """Every service's status. grpc_health's asyncio servicer lacks List: the generated
+        stub it inherits is synchronous and raises, logging a traceback per call."""
+        return health_pb2.HealthListResponse(
+            statuses={
+                service: health_pb2.HealthCheckResponse(status=status)
+                for service, status in self._server_status.items()
+            }
+        )
