@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
+from .api import refusals
 from .engine.ports import Store
 
 log = logging.getLogger("sendonce.health")
@@ -61,11 +62,7 @@ class BoundedHealth(HealthServicer):  # type: ignore[misc]  # grpc_health ships 
         ],
     ) -> None:
         if self.watchers >= self.max_watchers:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{self.max_watchers} health Watch streams are open already "
-                "(--max-health-watchers); use Check, or close a Watch",
-            )
+            await refusals.abort(context, refusals.too_many_watchers(self.max_watchers))
         self.watchers += 1
         try:
             await super().Watch(request, context)

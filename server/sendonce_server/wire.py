@@ -22,6 +22,8 @@ from google.protobuf.empty_pb2 import Empty
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
+from .api import refusals
+
 log = logging.getLogger("sendonce.server")
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
@@ -37,11 +39,12 @@ _NOT_UTF8 = "is not valid UTF-8"
 class Malformed:
     """A request that did not parse: what it should have been, and why (which field, if known)."""
 
-    __slots__ = ("field", "message", "method")
+    __slots__ = ("field", "message", "method", "reason")
 
-    def __init__(self, method: str, field: str, message: str) -> None:
+    def __init__(self, method: str, field: str, reason: str, message: str) -> None:
         self.method = method
         self.field = field  # "" when no one field is to blame
+        self.reason = reason  # what is wrong with the field
         self.message = message
 
 
@@ -111,7 +114,9 @@ def lenient_handler(method: str, handler: Handler) -> Handler:
 
 async def refuse(request: Malformed, context: Context) -> None:
     log.debug("refused a call to %s: %s", request.method, request.message)
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+    await refusals.abort(
+        context, refusals.malformed(request.message, request.field, request.reason)
+    )
 
 
 def _unary(behaviour: Any) -> Any:
@@ -164,7 +169,8 @@ def _streaming(behaviour: Any) -> Any:
 def _malformed(method: str, descriptor: Descriptor, data: bytes, error: DecodeError) -> Malformed:
     field, reason = _blame(descriptor, data, "", 0) or ("", str(error).rpartition(": ")[2])
     where = f"{field} {reason}" if field else reason
-    return Malformed(method, field, f"the request is not a valid {descriptor.full_name}: {where}")
+    message = f"the request is not a valid {descriptor.full_name}: {where}"
+    return Malformed(method, field, reason, message)
 
 
 def _blame(descriptor: Descriptor, data: bytes, path: str, depth: int) -> tuple[str, str] | None:
