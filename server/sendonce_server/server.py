@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer  # the asyncio servicer (health.aio)
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer  # reflection.aio's servicer
 
 from sendonce.v1 import delivery_pb2, delivery_pb2_grpc
 
@@ -37,6 +38,7 @@ from .security import TokenAuth, read_secret, server_credentials
 from .status import Readiness, ReloadStatus
 from .store.factory import build_store
 from .store.urls import display_url
+from .wire import add_lenient
 
 if TYPE_CHECKING:
     from .admin import AdminServer
@@ -272,18 +274,24 @@ async def _serve(
             ("grpc.max_connection_age_grace_ms", int(settings.stalled_call_timeout * 1000)),
         ],
     )
-    delivery_pb2_grpc.add_DeliveryServiceServicer_to_server(
-        DeliveryServicer(engine, Limits(max_body_bytes=settings.max_body_bytes), gate), server
+    # Every service parses leniently: bytes that are not its message are INVALID_ARGUMENT,
+    # never an UNKNOWN with a logged traceback (wire.py).
+    add_lenient(
+        server,
+        delivery_pb2_grpc.add_DeliveryServiceServicer_to_server,
+        DeliveryServicer(engine, Limits(max_body_bytes=settings.max_body_bytes), gate),
     )
     health_servicer = BoundedHealth(settings.max_health_watchers)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [
-            SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
+    add_lenient(server, health_pb2_grpc.add_HealthServicer_to_server, health_servicer)
+    reflected = [
+        SERVICE_NAME,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    ]
+    add_lenient(
         server,
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
+        ReflectionServicer(reflected),
     )
     # gRPC creates the unix socket when the port is added: only this user may connect to it.
     old_umask = os.umask(0o177)
