@@ -11,6 +11,7 @@ channels (webhook, slack, teams, pagerduty) talk to their receiver, so they all 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import math
 import os
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import httpx
 
@@ -44,20 +45,82 @@ _DELAY_SECONDS = re.compile(r"\d+(\.\d+)?")
 
 
 class Redactor:
-    """Replaces known secret strings, raw or percent-encoded, with `[redacted]`."""
+    """Replaces known secret strings with `[redacted]`, in whatever encoding they come back.
+
+    A receiver may echo its URL, or the credentials it was sent, in its error body, encoded as
+    its framework likes. So each secret is matched character by character, each character in any
+    of these forms, mixed freely within one secret:
+
+    - as itself; percent-encoded with upper- or lower-case hex digits, any number of times over
+      (`/`, `%2F`, `%2f`, `%252F`); `+` for a space (form encoding);
+    - a JSON escape: `\\/`, or `\\u002f` in either case, behind any number of backslashes (JSON
+      inside JSON);
+    - an HTML character reference: `&#47;`, `&#x2F;`, and `&amp;` `&lt;` `&gt;` `&quot;` `&apos;`.
+
+    And the standard and URL-safe base64 of each whole secret of at least 6 characters, padded or
+    not (a `Basic` credential echoed back). Not covered: base64 of a longer text in which the
+    secret starts at another offset, hex or any other encoding, and a secret written in another
+    letter case.
+    """
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        forms: set[str] = set()
-        for secret in secrets:
-            if secret:
-                forms.update({secret, quote(secret, safe=""), quote(secret)})
-        # Longest first, so that a whole URL is replaced before any of its parts.
-        self._forms = sorted(forms, key=len, reverse=True)
+        texts = {secret for secret in secrets if secret}
+        # A percent-encoded secret whose decoded text is a secret too needs no pattern of its
+        # own: the decoded text's pattern matches every percent-encoding of it.
+        covered = {text for text in texts if unquote(text) != text and unquote(text) in texts}
+        alternatives = [
+            form
+            # Longest first, so that a whole URL is replaced before any of its parts.
+            for text in sorted(texts, key=len, reverse=True)
+            for form in _encoded_forms(text, spelled=text not in covered)
+        ]
+        self._pattern = re.compile("|".join(alternatives)) if alternatives else None
 
     def __call__(self, text: str) -> str:
-        for form in self._forms:
-            text = text.replace(form, REDACTED)
-        return text
+        if self._pattern is None:
+            return text
+        return self._pattern.sub(REDACTED, text)
+
+
+# A whole run of backslashes, taken from its start only: scanning a long run stays linear.
+_BACKSLASHES = r"(?<!\\)\\++"
+_HTML_NAMES = {"&": "amp", "<": "lt", ">": "gt", '"': "quot", "'": "apos"}
+
+
+def _hex(value: int, digits: int = 2) -> str:
+    """A pattern for `value` in hex with either case of letters, e.g. `2[Ff]`."""
+    return "".join(
+        f"[{digit}{digit.lower()}]" if digit.isalpha() else digit for digit in f"{value:0{digits}X}"
+    )
+
+
+def _char_forms(char: str) -> str:
+    code = ord(char)
+    forms = [
+        re.escape(char),
+        "".join(f"%(?:25)*{_hex(byte)}" for byte in char.encode()),
+        f"&#0*{code};",
+        f"&#[xX]0*{_hex(code, 1)};",
+    ]
+    if code < 0x10000:
+        forms.append(rf"{_BACKSLASHES}[uU]{_hex(code, 4)}")
+    if char == " ":
+        forms.append(r"\+")
+    elif char == "/":
+        forms.append(f"{_BACKSLASHES}/")
+    if char in _HTML_NAMES:
+        forms.append(f"&{_HTML_NAMES[char]};")
+    return f"(?:{'|'.join(forms)})"
+
+
+def _encoded_forms(secret: str, *, spelled: bool) -> list[str]:
+    """Patterns matching `secret`: character by character when `spelled`, and in base64."""
+    forms = ["".join(_char_forms(char) for char in secret)] if spelled else []
+    if len(secret) >= _MIN_SECRET_PART:
+        data = secret.encode()
+        for encoded in sorted({base64.b64encode(data), base64.urlsafe_b64encode(data)}):
+            forms.append(re.escape(encoded.decode().rstrip("=")) + "(?:=|%3[Dd])*")
+    return forms
 
 
 def url_secrets(url: str) -> tuple[str, ...]:
@@ -74,6 +137,9 @@ def url_secrets(url: str) -> tuple[str, ...]:
         if len(value) >= _MIN_SECRET_PART
     ]
     found += [unquote(part) for part in found if part]
+    if parts.username is not None and parts.password is not None:
+        # As sent in a `Basic` authorization header, which a receiver may echo back.
+        found.append(f"{unquote(parts.username)}:{unquote(parts.password)}")
     return tuple(sorted({part for part in found if part}))
 
 
