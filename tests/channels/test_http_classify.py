@@ -198,6 +198,15 @@ def test_url_secrets_cover_path_query_and_credentials_but_not_the_host() -> None
     assert "hooks" not in parts
 
 
+def test_a_bare_slash_path_is_no_secret() -> None:
+    redact = Redactor(url_secrets("https://hooks.example.com/?token=t0k3n123"))
+
+    assert (
+        redact("see https://docs.example/e/404 t0k3n123")
+        == f"see https://docs.example/e/404 {REDACTED}"
+    )
+
+
 def test_redactor_replaces_raw_and_percent_encoded_forms() -> None:
     redact = Redactor(["a/b c"])
 

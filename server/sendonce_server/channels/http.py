@@ -140,7 +140,8 @@ def url_secrets(url: str) -> tuple[str, ...]:
     if parts.username is not None and parts.password is not None:
         # As sent in a `Basic` authorization header, which a receiver may echo back.
         found.append(f"{unquote(parts.username)}:{unquote(parts.password)}")
-    return tuple(sorted({part for part in found if part}))
+    # A path of slashes alone ("/") hides nothing, and would blank every "/" of an error.
+    return tuple(sorted({part for part in found if part and part.strip("/")}))
 
 
 # httpx logs each request's full URL at INFO; httpcore logs response headers at DEBUG.
