@@ -268,20 +268,13 @@ class _Parser(argparse.ArgumentParser):
 def _client(args: argparse.Namespace) -> Client:
     """A Client from the options, else their environment variables (the token: $SENDONCE_TOKEN,
     read by the Client itself)."""
-    environ = os.environ
-    tls = args.tls if args.tls else _flag(environ.get(TLS_ENV, ""), TLS_ENV)
-    ca = _read_pem(args.ca, "--ca") if args.ca else _read_pem(environ.get(CA_ENV), f"${CA_ENV}")
-    cert = (
-        _read_pem(args.cert, "--cert")
-        if args.cert
-        else _read_pem(environ.get(CERT_ENV), f"${CERT_ENV}")
-    )
-    key = (
-        _read_pem(args.key, "--key") if args.key else _read_pem(environ.get(KEY_ENV), f"${KEY_ENV}")
-    )
+    tls = args.tls or _flag(os.environ.get(TLS_ENV, ""), TLS_ENV)
+    ca = _pem(args.ca, "--ca", CA_ENV)
+    cert = _pem(args.cert, "--cert", CERT_ENV)
+    key = _pem(args.key, "--key", KEY_ENV)
     if (cert is None) != (key is None):
         raise _UsageError("mutual TLS needs both a certificate (--cert) and its key (--key)", "")
-    server_name = args.server_name or environ.get(SERVER_NAME_ENV)
+    server_name = args.server_name or os.environ.get(SERVER_NAME_ENV)
     if server_name and not (tls or ca or cert):
         raise _UsageError("--server-name needs TLS (--tls, --ca or --cert)", "")
     return Client(
@@ -303,13 +296,16 @@ def _flag(text: str, name: str) -> bool:
     raise _UsageError(f"${name} must be 1 or 0 (true or false), got {text!r}", "")
 
 
-def _read_pem(path: str | None, name: str) -> bytes | None:
+def _pem(path: str | None, option: str, variable: str) -> bytes | None:
+    """The file named by the option, else by the environment variable; None when neither."""
+    if not path:
+        path, option = os.environ.get(variable), f"${variable}"
     if not path:
         return None
     try:
         return Path(path).read_bytes()
     except OSError as error:
-        raise _UsageError(f"{name}: cannot read {path}: {error.strerror}", "") from error
+        raise _UsageError(f"{option}: cannot read {path}: {error.strerror}", "") from error
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -393,7 +389,7 @@ def _hint(error: SendonceError, target: str) -> str | None:
         return None
     details = error.details
     if "Connection refused" in details or "No such file or directory" in details:
-        return f"is sendonce-server running at {target}? (`make run` starts one)"
+        return f"is sendonce-server running at {target}?"
     if "Hostname Verification" in details:
         return "the sidecar's certificate does not carry the name asked for: --server-name NAME"
     if "handshake failed" in details.lower():

@@ -301,7 +301,7 @@ def test_nothing_listening_gets_a_hint(
     err = capsys.readouterr().err.splitlines()
     assert code == 1
     assert err[0].startswith("error: UNAVAILABLE: ")
-    assert err[1:] == [f"hint: is sendonce-server running at {address}? (`make run` starts one)"]
+    assert err[1:] == [f"hint: is sendonce-server running at {address}?"]
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
