@@ -1,16 +1,19 @@
-"""The `sendonce` CLI against a real sidecar serving TLS and mutual TLS, configured by options
-and by environment variables, and the hints it gives when the transport is wrong."""
+"""The `sendonce` CLI (and the clients' token) against a real sidecar: TLS and mutual TLS,
+configured by options and by environment variables, the hints given when the transport is
+wrong, and the bearer token taken from $SENDONCE_TOKEN."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
 
+from sendonce import AsyncClient, Client, Notification, Outcome
 from sendonce.cli import main
 from sendonce_server.config import ReceiversFile, ServerSettings
 from sendonce_server.server import start
@@ -174,3 +177,35 @@ async def test_transport_errors_come_with_a_hint(start_tls: StartTls, cli: Cli, 
     assert misnamed[2].splitlines()[1] == (
         "hint: the sidecar's certificate does not carry the name asked for: --server-name NAME"
     )
+
+
+# --- the token of the shipped manifests, against a real sidecar that requires it -----------------
+
+
+async def test_client_and_cli_send_the_token_of_the_environment(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifests set $SENDONCE_TOKEN in the controller's container: `Client()` with no
+    argument, as the README's controller makes it, must be let in."""
+    token_file = tmp_path / "token"
+    token_file.write_text("tok-7Hq2mX9v\n")
+    settings = ServerSettings(listen="127.0.0.1:0", auth_token_file=token_file)
+    sidecar = await start(settings, NOOP)
+    try:
+        address = sidecar.addresses[0]
+        without = await cli(*deliver(address, "uid-0"))
+        monkeypatch.setenv("SENDONCE_TOKEN", "tok-7Hq2mX9v")
+        by_cli = await cli(*deliver(address, "uid-1"))
+        with Client(address) as client:
+            by_client = await asyncio.to_thread(
+                client.deliver, "uid-2", "ops", Notification(subject="Disk full")
+            )
+        async with AsyncClient(address) as aclient:
+            by_aclient = await aclient.deliver("uid-3", "ops", Notification(subject="Disk full"))
+    finally:
+        await sidecar.stop()
+
+    assert without[0] == 1
+    assert without[2].startswith("error: UNAUTHENTICATED: ")
+    assert by_cli[0] == 0
+    assert by_client.outcome is by_aclient.outcome is Outcome.DELIVERED

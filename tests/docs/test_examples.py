@@ -1,5 +1,6 @@
-"""The docs run: the README's quickstart, then every example of docs/clients.md, in order, on one
-real `sendonce-server` started with the embedded default config (as `make run` does).
+"""The docs run: the README's quickstart and its Python controller, then every example of
+docs/clients.md, in order, on one real `sendonce-server` started with the embedded default
+config (as `make run` does).
 
 Each code block is taken from the Markdown as it is. The only changes: the address
 127.0.0.1:50051 becomes the sidecar's free port (the CLI also gets it as $SENDONCE_ADDRESS),
@@ -186,9 +187,9 @@ async def run_sidecar_output(workspace: Workspace, block: Block) -> None:
     assert {**written, "time": None} == {**shown, "time": None}
 
 
-async def run_python(workspace: Workspace, block: Block) -> None:
+async def run_python(workspace: Workspace, block: Block, harness: str = "") -> None:
     script = workspace.directory / "example.py"
-    script.write_text(workspace.adapted(block.text), encoding="utf-8")
+    script.write_text(workspace.adapted(block.text) + harness, encoding="utf-8")
     code, printed = await workspace.run(sys.executable, str(script))
     assert code == 0, f"{block}\nprinted:\n{printed}"
 
@@ -319,6 +320,32 @@ func TestReconcileAgainstTheSidecar(t *testing.T) {
 """
 
 
+# Appended to the README's controller: the object it reconciles (as a controller's cache would
+# hand it over) and write_status; two reconciles: delivered and cleared, then nothing to do.
+README_CONTROLLER_HARNESS = """
+
+from types import SimpleNamespace
+
+saved = []
+
+
+def write_status(obj):
+    saved.append({channel: dict(s) for channel, s in obj.status.deliveries.items()})
+
+
+obj = SimpleNamespace(
+    metadata=SimpleNamespace(uid="c7e2a4f1-demo"),
+    spec=SimpleNamespace(channels=["console"], subject="Backup of db-2 failed", body="exit 3"),
+    status=SimpleNamespace(deliveries={}),
+)
+assert reconcile(obj) is None
+assert reconcile(obj) is None
+assert saved == [
+    {"console": {"attempts": 1, "final": True, "outcome": "delivered", "last_error": ""}}
+] * 2, saved
+"""
+
+
 # --- the test -----------------------------------------------------------------------------------
 
 
@@ -333,6 +360,13 @@ async def test_the_readme_quickstart_then_every_example_of_clients_md(
             assert block.language == "json", block
             await run_sidecar_output(workspace, block)
         ran.append(f"README {block.language}")
+
+    # The README's Python controller, as written, with the object and status store it assumes.
+    (controller,) = [
+        b for b in blocks("README.md", "## Using it from a controller") if b.language == "python"
+    ]
+    await run_python(workspace, controller, harness=README_CONTROLLER_HARNESS)
+    ran.append("README python")
 
     not_run: list[str] = []
     for block in blocks("docs/clients.md"):
