@@ -28,13 +28,15 @@ lint: setup
 	$(VENV)/bin/buf lint
 	PATH=$(VENV)/bin:$$PATH scripts/buf-breaking
 
+# test-tools first: the Go module's dependencies (and grpcurl) come from the module proxy there,
+# so the tests reach no network (tests/test_proto.py and tests/docs build Go against them).
 test: check-gen lint test-tools
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-go
 
-# What tests/docs needs besides the venv: grpcurl (pinned, from the Go module proxy; the first
-# install takes a few minutes) and the Go module's dependencies, fetched here so that the tests
-# themselves reach no network. Said out loud, never silently, on a machine without Go.
+# What the tests need besides the venv: grpcurl for tests/docs (pinned, from the Go module
+# proxy; the first install takes a few minutes) and the Go module's dependencies, fetched here so
+# that the tests themselves reach no network. Said out loud, never silently, without Go.
 GRPCURL_VERSION := v1.9.4
 .PHONY: test-tools
 test-tools:
