@@ -24,6 +24,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "--version" in args:
         print(f"sendonce-server {version('sendonce-server')}")
         return 0
+    if args[:1] == ["check-config"]:
+        from .check import run as check_config
+
+        return check_config(args[1:])
     try:
         settings = CliApp.run(ServerSettings, cli_args=args)
     except ValidationError as error:
