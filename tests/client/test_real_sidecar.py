@@ -1,6 +1,6 @@
-"""The `sendonce` CLI (and the clients' token) against a real sidecar: TLS and mutual TLS,
-configured by options and by environment variables, the hints given when the transport is
-wrong, and the bearer token taken from $SENDONCE_TOKEN."""
+"""The clients and the `sendonce` CLI against a real sidecar: TLS and mutual TLS configured by
+options and by environment variables, the hints given when the transport is wrong, the bearer
+token taken from $SENDONCE_TOKEN, and the error details (AIP-193) the sidecar sends."""
 
 from __future__ import annotations
 
@@ -13,7 +13,16 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from sendonce import AsyncClient, Client, Notification, Outcome
+from sendonce import (
+    AsyncClient,
+    Client,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Notification,
+    Outcome,
+    PayloadMismatch,
+)
 from sendonce.cli import main
 from sendonce_server.config import ReceiversFile, ServerSettings
 from sendonce_server.server import start
@@ -209,3 +218,37 @@ async def test_client_and_cli_send_the_token_of_the_environment(
     assert without[2].startswith("error: UNAUTHENTICATED: ")
     assert by_cli[0] == 0
     assert by_client.outcome is by_aclient.outcome is Outcome.DELIVERED
+
+
+# --- the sidecar's error details, read by both clients and the CLI --------------------------------
+
+
+async def test_both_clients_and_the_cli_read_the_sidecars_error_details(cli: Cli) -> None:
+    sidecar = await start(ServerSettings(listen="127.0.0.1:0"), NOOP)
+    address = sidecar.addresses[0]
+    try:
+        with Client(address) as client:
+            await asyncio.to_thread(client.deliver, "uid-1", "ops", Notification(subject="a"))
+            with pytest.raises(PayloadMismatch) as mismatch:
+                await asyncio.to_thread(client.deliver, "uid-1", "ops", Notification(subject="b"))
+        async with AsyncClient(address) as aclient:
+            with pytest.raises(InvalidArgument) as invalid:
+                await aclient.deliver("", "ops", Notification(subject="a"))
+            with pytest.raises(NotFound) as unknown:
+                await aclient.attempt_count("uid-1", "slack")
+        refused = await cli(*deliver(address, "uid-2", "--json"), "--max-attempts", "30")
+    finally:
+        await sidecar.stop()
+
+    assert (mismatch.value.reason, mismatch.value.domain) == ("PAYLOAD_MISMATCH", "sendonce.dev")
+    assert invalid.value.reason == "INVALID_ARGUMENT"
+    assert invalid.value.field_violations == (FieldViolation("uid", "must not be empty"),)
+    assert unknown.value.reason == "UNKNOWN_CHANNEL"
+    assert refused[0] == 1
+    error = json.loads(refused[2])["error"]
+    assert (error["code"], error["reason"], error["domain"]) == (
+        "INVALID_ARGUMENT",
+        "INVALID_ARGUMENT",
+        "sendonce.dev",
+    )
+    assert [v["field"] for v in error["field_violations"]] == ["retry_policy.max_attempts"]
