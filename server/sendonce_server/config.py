@@ -26,7 +26,7 @@ class ServerSettings(BaseSettings):
     """sendonce-server: a gRPC delivery sidecar that sends each notification at most once.
 
     Every flag can also be set by an environment variable: SENDONCE_ and the flag's name in
-    upper case with '_' for '-' (e.g. SENDONCE_LISTEN).
+    upper case with '_' for '-' (e.g. SENDONCE_LISTEN). --version prints the version.
 
     `sendonce-server check-config [flags]` checks the same flags and the receivers file without
     serving: exit 0 with a summary, or 2 naming every problem.
