@@ -17,9 +17,11 @@ run: setup
 
 gen: setup
 	PATH=$(VENV)/bin:$$PATH scripts/gen-proto
+	$(PY) scripts/gen-prometheusrule.py
 
 check-gen: setup
 	PATH=$(VENV)/bin:$$PATH scripts/check-gen
+	$(PY) scripts/gen-prometheusrule.py --check
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -29,8 +31,22 @@ lint: setup
 	PATH=$(VENV)/bin:$$PATH scripts/buf-breaking
 
 test: check-gen lint
+	$(MAKE) --no-print-directory test-alerts
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-go
+
+# The alert rules (deploy/monitoring/alerts.yaml): promtool's check and the unit tests of every
+# alert. promtool comes with Debian's `prometheus` package (.ci/run installs it); without it the
+# target fails under CI=true and says so out loud elsewhere.
+.PHONY: test-alerts
+test-alerts:
+	@if ! command -v promtool >/dev/null 2>&1; then \
+	  if [ "$${CI:-}" = true ]; then \
+	    echo "promtool not found: apt-get install prometheus (.ci/run does)"; exit 1; fi; \
+	  echo "SKIPPED: the alert rules (deploy/monitoring): no promtool on PATH (apt-get install prometheus)"; \
+	  exit 0; fi; \
+	promtool check rules deploy/monitoring/alerts.yaml && \
+	promtool test rules deploy/monitoring/alerts_test.yaml
 
 # The Go module (client/go): gofmt, go vet and its tests against a real sidecar process. Said
 # out loud, never silently, on a machine without Go.
