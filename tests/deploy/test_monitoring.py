@@ -12,22 +12,30 @@ dashboard, checked against what a real sidecar exposes.
 - Every dashboard query is PromQL that Prometheus itself accepts (`promtool check rules`, which
   `make test-alerts` also runs on alerts.yaml and its tests), every panel and variable reads the
   `${datasource}` variable, and no panel overlaps another.
+- End to end: a real Prometheus (Debian's package, as promtool) scrapes a real sidecar whose
+  receivers fail in every way the alerts watch; every alert goes pending or firing for the right
+  receiver or instance, and every dashboard query answers series.
+
+promtool and prometheus are required under CI=true (.ci/run installs them); elsewhere the tests
+that need them skip, saying why.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import grpc
 import httpx
 import promql_parser
 import pytest
@@ -36,7 +44,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sendonce.v1 import delivery_pb2 as pb
 from tests.server.process import Children, free_tcp_port
-from tests.support.http_receiver import HttpReceiver
+from tests.support.http_receiver import HttpReceiver, Reply
+from tests.support.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "deploy" / "monitoring"
@@ -56,6 +65,7 @@ SEVERITIES = {"critical", "warning", "info"}
 NOTE = pb.Notification(subject="monitoring check", body="a test")
 
 Manifest = dict[str, Any]
+T = TypeVar("T")
 
 
 # --- what a real sidecar exposes --------------------------------------------------------------
@@ -397,3 +407,227 @@ def test_every_dashboard_query_is_promql_that_prometheus_accepts(tmp_path: Path)
         [promtool(), "check", "rules", str(path)], capture_output=True, text=True, check=False
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+# --- a real Prometheus scraping a real sidecar -------------------------------------------------
+
+
+def prometheus_binary() -> str:
+    """Prometheus' path (Debian's prometheus package, as promtool); as promtool() otherwise."""
+    path = shutil.which("prometheus")
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("prometheus not found: .ci/run installs Debian's prometheus package")
+        pytest.skip("no prometheus on PATH (apt-get install prometheus): rules not evaluated")
+    return path
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30.0
+) -> T:
+    """The first answer of `check` that is not None, polled: Prometheus announces no events."""
+    try:
+        async with asyncio.timeout(timeout):
+            while (found := await check()) is None:  # noqa: ASYNC110  # polling an HTTP API
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        raise AssertionError(f"not within {timeout}s: {what}") from None
+    return found
+
+
+class Prometheus:
+    """A Prometheus server of the test's own on loopback, scraping and evaluating every second."""
+
+    def __init__(self, binary: str, workdir: Path, metrics: str) -> None:
+        self.address = f"127.0.0.1:{free_tcp_port()}"
+        self.config = workdir / "prometheus.yml"
+        self.config.write_text(
+            yaml.safe_dump(
+                {
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "rule_files": [str(RULES)],
+                    "scrape_configs": [
+                        {"job_name": "sendonce", "static_configs": [{"targets": [metrics]}]}
+                    ],
+                }
+            )
+        )
+        self.args = [
+            binary,
+            f"--config.file={self.config}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address={self.address}",
+        ]
+        self.process: asyncio.subprocess.Process | None = None
+        self.client = httpx.AsyncClient(base_url=f"http://{self.address}", timeout=10)
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            *self.args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+
+        async def ready() -> bool | None:
+            try:
+                return (await self.client.get("/-/ready")).status_code == 200 or None
+            except httpx.TransportError:
+                return None
+
+        await eventually(ready, "Prometheus ready")
+
+    async def query(self, promql: str) -> list[Manifest]:
+        reply = await self.client.get("/api/v1/query", params={"query": promql})
+        assert reply.status_code == 200, f"{promql}: {reply.text}"
+        result: list[Manifest] = reply.json()["data"]["result"]
+        return result
+
+    async def alerts(self) -> dict[str, tuple[str, set[str]]]:
+        """Every rule's name -> its state and the receivers (or instances) of its alerts."""
+        reply = await self.client.get("/api/v1/rules", params={"type": "alert"})
+        rules = [rule for group in reply.json()["data"]["groups"] for rule in group["rules"]]
+        for rule in rules:
+            assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"
+        return {
+            rule["name"]: (
+                rule["state"],
+                {a["labels"].get("receiver") or a["labels"]["instance"] for a in rule["alerts"]},
+            )
+            for rule in rules
+        }
+
+    async def stop(self) -> None:
+        await self.client.aclose()
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+
+def real_query(query: str) -> str:
+    """A dashboard query as Grafana sends it with every job and receiver selected; without the
+    `or vector(0)` that shows 0 on a stat panel, so that an empty answer shows."""
+    query = query.replace("$__range", "5m").replace("$__rate_interval", "1m")
+    query = query.replace('"$job"', '".*"').replace('"$receiver"', '".*"')
+    return query.removesuffix(" or vector(0)")
+
+
+async def test_the_alerts_fire_and_every_panel_shows_data_on_a_real_prometheus(
+    own_redis: RedisServer, tmp_path: Path
+) -> None:
+    """Prometheus scrapes a sidecar on Redis whose receivers exhaust, refuse, stay open and are
+    slow; then a reload fails and Redis stops: every alert but SidecarDown goes pending or
+    firing (alerts with a `for` stay pending here), each for the receiver that caused it, and
+    every dashboard query answers series. Then the sidecar is killed: SidecarDown too."""
+    binary = prometheus_binary()
+    metrics = f"127.0.0.1:{free_tcp_port()}"
+    config = tmp_path / "receivers.toml"
+    prometheus = Prometheus(binary, tmp_path, metrics)
+    async with (
+        Children() as children,
+        HttpReceiver(400) as refusing,
+        HttpReceiver(Reply(200), Reply(200, delay=5.5)) as slow,
+    ):
+        slow_receiver = f"""
+[[receivers]]
+name = "slow"
+type = "webhook"
+[receivers.settings]
+url = "{slow.url}"
+timeout = 10.0
+"""
+        good = receivers_file(free_tcp_port(), refusing.url) + slow_receiver
+        await asyncio.to_thread(config.write_text, good)
+        sidecar = await children.replica(
+            "--config", str(config), "--metrics-listen", metrics,
+            "--store", own_redis.url, "--store-check-interval", "0.2",
+        )  # fmt: skip
+        await prometheus.start()
+        try:
+            async with sidecar.stub() as stub:
+
+                async def deliver(uid: str, channel: str) -> pb.Outcome.ValueType:
+                    request = pb.DeliverRequest(uid=uid, channel=channel, notification=NOTE)
+                    return (await stub.Deliver(request, timeout=30)).outcome
+
+                # A first, quick attempt creates the duration series; once Prometheus has it, a
+                # slow one raises the rate of its upper buckets (rate() needs two samples).
+                assert await deliver("p-0", "slow") == pb.OUTCOME_DELIVERED
+
+                async def scraped() -> bool | None:
+                    found = await prometheus.query(
+                        'sendonce_attempt_duration_seconds_count{receiver="slow"}'
+                    )
+                    return True if found else None
+
+                await eventually(scraped, "the first attempt's duration in Prometheus")
+                outcomes = list(
+                    await asyncio.gather(
+                        deliver("p-1", "slow"),
+                        deliver("p-2", "ok"),
+                        deliver("p-3", "refusing"),
+                        deliver("p-4", "down"),
+                    )
+                )
+                outcomes.append(await deliver("p-4", "down"))  # exhausted; the breaker opens
+                await asyncio.to_thread(config.write_text, "[[receivers]]\nname = 'Bad Name'\n")
+                async with httpx.AsyncClient() as client:
+                    reload = await client.post(f"http://{metrics}/-/reload", timeout=10)
+                own_redis.stop()
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await deliver("p-5", "ok")
+            assert outcomes == [
+                pb.OUTCOME_DELIVERED,
+                pb.OUTCOME_DELIVERED,
+                pb.OUTCOME_FAILED_PERMANENT,
+                pb.OUTCOME_FAILED,
+                pb.OUTCOME_EXHAUSTED,
+            ]
+            assert reload.status_code == 500
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+            expected = {
+                "SendonceDeliveriesExhausted": ("firing", {"down"}),
+                "SendonceDeliveriesFailingPermanently": ("firing", {"refusing"}),
+                "SendonceCircuitOpen": ("pending", {"down"}),
+                "SendonceStoreDown": ("pending", {metrics}),
+                "SendonceAttemptLatencyHigh": ("pending", {"slow"}),
+                "SendonceConfigReloadFailed": ("pending", {metrics}),
+                "SendonceSidecarDown": ("inactive", set()),
+            }
+
+            seen: dict[str, tuple[str, set[str]]] = {}
+
+            async def raised() -> bool | None:
+                seen.clear()
+                seen.update(await prometheus.alerts())
+                return True if seen == expected else None
+
+            with contextlib.suppress(AssertionError):
+                await eventually(raised, "the alerts expected")
+            assert seen == expected
+
+            # rate() needs two samples of a series: the UNAVAILABLE series may need a scrape more.
+            empty: list[str] = []
+
+            async def every_panel_has_data() -> bool | None:
+                empty[:] = [
+                    f"{where}: {query}"
+                    for where, query in dashboard_queries()
+                    if not await prometheus.query(real_query(query))
+                ]
+                return True if not empty else None
+
+            with contextlib.suppress(AssertionError):
+                await eventually(every_panel_has_data, "data for every dashboard query", 10)
+            assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
+
+            await sidecar.kill()
+
+            async def down() -> bool | None:
+                state, instances = (await prometheus.alerts())["SendonceSidecarDown"]
+                return True if (state, instances) == ("pending", {metrics}) else None
+
+            await eventually(down, "SendonceSidecarDown pending for the killed sidecar")
+        finally:
+            await prometheus.stop()
