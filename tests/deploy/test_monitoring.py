@@ -241,12 +241,12 @@ def problems_with(use: Use, exposed: Exposed) -> list[str]:
             values = labels.get(matcher.name)
             if values is None:
                 problems.append(f"{name} has no label {matcher.name}")
-            elif matcher.op == promql_parser.MatchOp.Equal and matcher.value not in values:
-                problems.append(f'no {name}{{{matcher.name}="{matcher.value}"}}: {sorted(values)}')
-            elif matcher.op == promql_parser.MatchOp.Re:
-                for alternative in matcher.value.split("|"):
-                    if alternative not in values:
-                        problems.append(f'no {name}{{{matcher.name}="{alternative}"}}')
+                continue
+            # A value a matcher names, even to exclude it, must be one the sidecar exposes.
+            exact = matcher.op in (promql_parser.MatchOp.Equal, promql_parser.MatchOp.NotEqual)
+            for wanted in [matcher.value] if exact else matcher.value.split("|"):
+                if wanted not in values:
+                    problems.append(f'no {name}{{{matcher.name}="{wanted}"}}: {sorted(values)}')
     known = {label for name in names for label in exposed.labels.get(name, {})}
     for label in sorted(use.grouping - PROMETHEUS_LABELS - {"le"} - known):
         problems.append(f"grouped by {label}, a label of none of {sorted(names)}")
@@ -267,14 +267,17 @@ def test_the_check_fails_on_a_renamed_metric_or_label(exposed: Exposed) -> None:
         "a query with wrong names",
         'sum by (channel) (rate(sendonce_delivery_total{outcome="gone"}[5m]))'
         ' or sendonce_circuit_state{state="2"}'
-        ' or sendonce_deliveries_total{outcome=~"exhausted|expired"}',
+        ' or sendonce_deliveries_total{outcome=~"exhausted|expired"}'
+        ' or rpc_server_call_duration_seconds_count{rpc_grpc_status_code!="0"}',
     )
-    assert problems_with(wrong, exposed) == [
+    problems = [problem.partition(": ")[0] for problem in problems_with(wrong, exposed)]
+    assert problems == [
         "no series sendonce_delivery_total",
         "sendonce_circuit_state has no label state",
         'no sendonce_deliveries_total{outcome="expired"}',
-        "grouped by channel, a label of none of "
-        "['sendonce_circuit_state', 'sendonce_deliveries_total', 'sendonce_delivery_total']",
+        'no rpc_server_call_duration_seconds_count{rpc_grpc_status_code="0"}',
+        "grouped by channel, a label of none of ['rpc_server_call_duration_seconds_count', "
+        "'sendonce_circuit_state', 'sendonce_deliveries_total', 'sendonce_delivery_total']",
     ]
 
 
