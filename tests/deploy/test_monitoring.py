@@ -375,6 +375,24 @@ def test_the_dashboard_reads_its_datasource_from_a_variable() -> None:
     assert "id" not in board
 
 
+def test_the_dashboard_shows_what_an_operator_watches() -> None:
+    shown = {
+        name
+        for where, query in dashboard_queries()
+        if where.startswith("panel")
+        for name, _ in uses_of(where, query).selectors
+    }
+    assert shown >= {
+        "sendonce_deliveries_total",  # by outcome; exhausted and permanent failures
+        "sendonce_circuit_state",
+        "sendonce_store_up",
+        "sendonce_attempt_duration_seconds_bucket",
+        "sendonce_attempts_in_flight",
+        "sendonce_config_last_reload_successful",
+        "rpc_server_call_duration_seconds_count",  # gRPC errors by code
+    }
+
+
 def test_the_dashboard_panels_fit_the_grid_without_overlapping() -> None:
     taken: dict[tuple[int, int], str] = {}
     panels = dashboard()["panels"]
