@@ -17,9 +17,11 @@ run: setup
 
 gen: setup
 	PATH=$(VENV)/bin:$$PATH scripts/gen-proto
+	$(PY) scripts/gen-prometheusrule.py
 
 check-gen: setup
 	PATH=$(VENV)/bin:$$PATH scripts/check-gen
+	$(PY) scripts/gen-prometheusrule.py --check
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -31,6 +33,7 @@ lint: setup
 # test-tools first: the Go module's dependencies (and grpcurl) come from the module proxy there,
 # so the tests reach no network (tests/test_proto.py and tests/docs build Go against them).
 test: check-gen lint test-tools
+	$(MAKE) --no-print-directory test-alerts
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-go
 
@@ -45,6 +48,19 @@ test-tools:
 	{ command -v grpcurl >/dev/null || test -x "$$(go env GOPATH)/bin/grpcurl" || \
 	  go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION); } && \
 	cd client/go && go mod download
+
+# The alert rules (deploy/monitoring/alerts.yaml): promtool's check and the unit tests of every
+# alert. promtool comes with Debian's `prometheus` package (.ci/run installs it); without it the
+# target fails under CI=true and says so out loud elsewhere.
+.PHONY: test-alerts
+test-alerts:
+	@if ! command -v promtool >/dev/null 2>&1; then \
+	  if [ "$${CI:-}" = true ]; then \
+	    echo "promtool not found: apt-get install prometheus (.ci/run does)"; exit 1; fi; \
+	  echo "SKIPPED: the alert rules (deploy/monitoring): no promtool on PATH (apt-get install prometheus)"; \
+	  exit 0; fi; \
+	promtool check rules deploy/monitoring/alerts.yaml && \
+	promtool test rules deploy/monitoring/alerts_test.yaml
 
 # The Go module (client/go): gofmt, go vet and its tests against a real sidecar process. Said
 # out loud, never silently, on a machine without Go.
