@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -214,3 +215,22 @@ async def test_unauthenticated(
     )
     assert "s3cret" not in str(details)
     assert http_receiver.hits == 0
+
+
+async def test_refusals_are_logged_at_debug_only(
+    start_sidecar: StartSidecar, http_receiver: HttpReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A peer sending bad calls cannot flood the log at the default level."""
+    sidecar = await start_sidecar(webhook(http_receiver))
+    caplog.set_level(logging.INFO)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await sidecar.stub.Deliver(deliver(channel="nowhere"), timeout=5)
+    assert [r for r in caplog.records if r.name == "sendonce.refusals"] == []
+
+    caplog.set_level(logging.DEBUG, logger="sendonce.refusals")
+    with pytest.raises(grpc.aio.AioRpcError):
+        await sidecar.stub.Deliver(deliver(channel="nowhere"), timeout=5)
+    [line] = [r for r in caplog.records if r.name == "sendonce.refusals"]
+    assert (line.levelname, line.getMessage()) == ("DEBUG", "refused")
+    assert line.code == "NOT_FOUND"  # type: ignore[attr-defined]
+    assert "nowhere" in line.detail  # type: ignore[attr-defined]

@@ -11,6 +11,7 @@ reasons.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, NoReturn
@@ -25,6 +26,8 @@ from grpc_status import rpc_status
 from ..engine.errors import PayloadMismatch, UnknownChannel
 from ..engine.ports import StateUnavailable
 from .validation import InvalidInput
+
+log = logging.getLogger("sendonce.refusals")
 
 DOMAIN = "sendonce.dev"
 # What the servicer catches and answers with `refusal`. A failed delivery is never one.
@@ -46,7 +49,12 @@ class Reason(StrEnum):
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], status: grpc.Status) -> NoReturn:
-    """Ends the call with `status` (its details travel in the trailing metadata)."""
+    """Ends the call with `status` (its details travel in the trailing metadata).
+
+    Logged at debug only: a refusal is the caller's to act on, and a peer sending bad calls
+    must not flood the log at the default level.
+    """
+    log.debug("refused", extra={"code": status.code.name, "detail": status.details})
     await context.abort_with_status(status)  # type: ignore[attr-defined]  # not in grpc-stubs
     raise AssertionError("abort_with_status returned")  # it raises
 
