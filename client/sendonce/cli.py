@@ -2,6 +2,7 @@
 
 Readable output for people, `--json` for machines. Exit status: 0 when the sidecar answered (a
 FAILED delivery is an answer), 1 when the call failed (gRPC error), 2 for usage errors.
+`sendonce health` (sendonce.health) exits 0 only when the sidecar answers SERVING.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
+from sendonce import health
 from sendonce.client import ADDRESS_ENV, DEFAULT_ADDRESS, Client, SendonceError
 from sendonce.types import (
     AttemptCountResult,
@@ -38,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exit_:  # argparse exits on usage errors (2) and --help (0)
         return exit_.code if isinstance(exit_.code, int) else 2
+    if "run" in args:  # a command with its own connection and exit status
+        status: int = args.run(args)
+        return status
     command: Callable[[Client, argparse.Namespace], Result] = args.command
     try:
         with Client(args.address, token=os.environ.get(TOKEN_ENV)) as client:
@@ -148,7 +153,9 @@ def _parser() -> argparse.ArgumentParser:
 
     # The common options also work after the command (`sendonce attempts u c --json`); SUPPRESS
     # keeps a subcommand from overwriting a value given before it.
-    for sub in (deliver, attempts, clear):
+    probe = health.add_parser(commands)
+
+    for sub in (deliver, attempts, clear, probe):
         _add_common(sub, suppress=True)
     return parser
 

@@ -274,12 +274,17 @@ async def test_the_container_serves_and_delivers_on_a_read_only_root(start: Cont
         )
     printed = await container.stdout.wait_for('"image-1"')
     user = await start.docker("exec", container.name, "id", "-u")
+    # The exec probe for a TLS listener, as the kubelet would run it in this container.
+    probe = await start.docker(
+        "exec", container.name, "sendonce", "health", f"--address={container.target}"
+    )
     # Even its own directory is not writable: only mounted volumes are.
     write = await start.docker("exec", container.name, "touch", "/var/lib/sendonce/probe")
 
     assert answer.outcome == pb.OUTCOME_DELIVERED
     assert json.loads(printed)["subject"] == "Hi"
     assert user == (0, f"{USER.split(':')[0]}\n")
+    assert probe == (0, "SERVING\n")
     assert write[0] != 0
     assert "Read-only file system" in write[1], write
 
