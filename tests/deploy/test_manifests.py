@@ -78,13 +78,31 @@ EXIT_MARGIN = 3
 CONTROLLER_EXIT = 5
 
 
+# Where no kubectl is installed: the standalone kustomize at the version kubectl 1.32 embeds,
+# built from the Go module proxy into .venv/gobin (as scripts/gen-proto does the protoc plugins).
+KUSTOMIZE = "sigs.k8s.io/kustomize/kustomize/v5@v5.5.0"
+
+
 def kustomize_command() -> list[str]:
-    """`kubectl kustomize`, else a standalone `kustomize build`; neither: skipped (CI: failed)."""
+    """`kubectl kustomize`, else `kustomize build` (installed with Go if need be).
+
+    With neither kubectl nor Go: skipped, or failed under CI=true.
+    """
     if kubectl := shutil.which("kubectl"):
         return [kubectl, "kustomize"]
-    if kustomize := shutil.which("kustomize"):
-        return [kustomize, "build"]
-    reason = "neither kubectl nor kustomize is on PATH: the overlays cannot be rendered"
+    gobin = ROOT / ".venv" / "gobin"
+    kustomize = gobin / "kustomize"
+    if not kustomize.exists() and (go := shutil.which("go")):
+        subprocess.run(
+            [go, "install", KUSTOMIZE],
+            env={**os.environ, "GOBIN": str(gobin)},
+            capture_output=True,
+            timeout=600,
+            check=True,
+        )
+    if kustomize.exists():
+        return [str(kustomize), "build"]
+    reason = "neither kubectl nor Go is on PATH: the overlays cannot be rendered"
     if os.environ.get("CI") == "true":
         raise RuntimeError(f"{reason}; under CI=true this fails instead of skipping")
     pytest.skip(reason, allow_module_level=True)
