@@ -19,6 +19,10 @@ log = logging.getLogger("sendonce.server")
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["check-config"]:
+        from .check import run as check_config
+
+        return check_config(args[1:])
     try:
         settings = CliApp.run(ServerSettings, cli_args=args)
     except ValidationError as error:
