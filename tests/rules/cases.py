@@ -25,12 +25,6 @@ OK = "succeeded"
 FAIL = "failed"
 PERMANENT = "failed_permanent"
 CLEARED = "cleared hook; running -"
-PYTHON = ("model", "memory", "sqlite")  # the stores that run engine/decisions.py
-# The Python rules start a record's fencing counter at the clock's microseconds, so a record
-# reserved again in the microsecond of a forced Clear hands out its predecessor's token: the
-# old holder then completes the new attempt. Redis counts tokens with INCR on a key the Clear
-# keeps, so the tokens never repeat.
-SAME_TOKEN = "decisions.new_record: the fence restarts at now*1e6, reusing the cleared token"
 
 
 @dataclass(frozen=True)
@@ -41,9 +35,6 @@ class Case:
     answer: str
     after: dict[str, Any] = field(default_factory=dict)
     gone: bool = False
-    # A known divergence: why, and the implementations that get the row wrong (strict xfail).
-    xfail: str = ""
-    xfail_on: tuple[str, ...] = ()
 
 
 def case(
@@ -53,11 +44,9 @@ def case(
     answer: str,
     *,
     gone: bool = False,
-    xfail: str = "",
-    xfail_on: tuple[str, ...] = (),
     **after: Any,
 ) -> Case:
-    return Case(name, tuple(before), then, answer, after, gone, xfail, xfail_on)
+    return Case(name, tuple(before), then, answer, after, gone)
 
 
 # Two attempts used and failed, the third one free (max_attempts 3).
@@ -165,12 +154,13 @@ CASES = [
     case("fencing: an old success after a forced Clear does not deliver the new key",
          [R(0), X(1, force=True), R(2)], C(3, OK, of=0), "ok", status="open",
          lease=(1, 12.0)),
+    # The new record's first token in the microsecond of the Clear: never the cleared one's.
     case("fencing: an old failure in the instant of a forced Clear",
          [R(0), X(0, force=True), R(0)], C(1, of=0), "ok", status="open", lease=(1, 10.0),
-         xfail=SAME_TOKEN, xfail_on=PYTHON),
+         history=[(1, 0.0, "running", None, "")]),
     case("fencing: an old success in the instant of a forced Clear",
          [R(0), X(0, force=True), R(0)], C(1, OK, of=0), "ok", status="open",
-         lease=(1, 10.0), xfail=SAME_TOKEN, xfail_on=PYTHON),
+         lease=(1, 10.0)),
     case("a completion after the record expired: gone", [R(0), C(1)], C(3611, OK, of=0), "gone",
          gone=True),
     # Clear.
