@@ -14,7 +14,7 @@ import pytest
 from sendonce_server.channels.http import (
     BODY_EXCERPT_CHARS,
     REDACTED,
-    Redactor,
+    ReceiverSecretMasker,
     body_excerpt,
     classify_error,
     classify_status,
@@ -79,7 +79,7 @@ def test_body_excerpt_redacts_secrets_even_when_cut_at_the_limit() -> None:
     token = "s3cr3tT0k3n"
     body = ("a" * (BODY_EXCERPT_CHARS - 5) + token).encode()
 
-    excerpt = body_excerpt(body, Redactor([token]))
+    excerpt = body_excerpt(body, ReceiverSecretMasker([token]))
 
     assert excerpt == "a" * (BODY_EXCERPT_CHARS - 5) + REDACTED[:5]
 
@@ -197,7 +197,7 @@ def test_url_secrets_cover_path_query_and_credentials_but_not_the_host() -> None
 
 
 def test_redactor_replaces_raw_and_percent_encoded_forms() -> None:
-    redact = Redactor(["a/b c"])
+    redact = ReceiverSecretMasker(["a/b c"])
 
     assert redact("x a/b c y a%2Fb%20c z a/b%20c") == f"x {REDACTED} y {REDACTED} z {REDACTED}"
 
@@ -206,7 +206,7 @@ def test_http_library_logs_are_scrubbed_while_registered(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    redactor = Redactor(url_secrets(SECRET_URL))
+    redactor = ReceiverSecretMasker(url_secrets(SECRET_URL))
 
     redact_http_logs(redactor)
     logging.getLogger("httpx").info('HTTP Request: %s %s "%s"', "POST", SECRET_URL, "200 OK")
