@@ -18,7 +18,7 @@ from typing import Any
 
 from sendonce_server.engine.decisions import ABANDONED_ERROR
 
-from .ops import Clear, Complete, Op, Read, Reserve
+from .ops import Clear, Complete, Op, Read, Release, Reserve
 
 R, C, X = Reserve, Complete, Clear
 OK = "succeeded"
@@ -92,6 +92,27 @@ CASES = [
          "exhausted", max_attempts=3, status="exhausted"),
     # Reserve: leases.
     case("a live lease: join it", [R(0)], R(9), "running 1", attempts=1, lease=(1, 10.0)),
+    # Reserve: a joiner's count (promise 1 counts every caller's).
+    case("a joiner's count at the attempt in flight is that attempt", [R(0)], R(1, persisted=1),
+         "running 1", attempts=1),
+    case("a joiner's count above the attempt in flight: that attempt on top", [R(0)],
+         R(1, persisted=4), "running 1", attempts=5, lease=(1, 10.0), status="open"),
+    case("a joiner's count equal to the folded count: on top again",
+         [R(0), R(1, persisted=4)], R(2, persisted=5), "running 1", attempts=6),
+    case("a joiner's count below the folded count changes nothing",
+         [R(0), R(1, persisted=4)], R(2, persisted=4), "running 1", attempts=5),
+    case("a folded count exhausts when the attempt fails", [R(0), R(1, persisted=4)], C(2),
+         "ok", attempts=5, status="exhausted", lease=None),
+    # Reserve: the caller's own reservation, asked again after a lost reply.
+    case("a lost reply asked again: the same reservation", [R(0, reservation="a")],
+         R(1, reservation="a"), "reserved 1", attempts=1, lease=(1, 10.0),
+         history=[(1, 0.0, "running", None, "")]),
+    case("another reservation id joins", [R(0, reservation="a")], R(1, reservation="b"),
+         "running 1", attempts=1),
+    case("asked again at its lease's end: a new attempt", [R(0, reservation="a")],
+         R(10, reservation="a"), "reserved 2", attempts=2, lease=(2, 20.0)),
+    case("asked again after a success: delivered", [R(0, reservation="a"), C(1, OK)],
+         R(2, reservation="a"), "already_delivered", attempts=1),
     case("a lease expired at its end: attempt 2", [R(0)], R(10), "reserved 2",
          attempts=2, lease=(2, 20.0),
          history=[(1, 0.0, "abandoned", None, ABANDONED_ERROR), (2, 10.0, "running", None, "")]),
@@ -136,6 +157,14 @@ CASES = [
          status="failed_permanent"),
     case("the last attempt succeeding", [*TWO_FAILED, R(4)], C(5, OK), "ok",
          attempts=3, status="delivered"),
+    case("a completion with its joiners' count: the attempt on top", [R(0)], C(1, persisted=4),
+         "ok", attempts=5, status="exhausted", lease=None),
+    case("a completion with its joiners' count at the attempt", [R(0)], C(1, persisted=1),
+         "ok", attempts=1, status="open"),
+    case("a completion's joiners' count below the folded count", [R(0), R(1, persisted=4)],
+         C(2, persisted=4), "ok", attempts=5),
+    case("a stale completion's joiners' count is not taken", [R(0), R(11)],
+         C(12, of=0, persisted=5), "ok", attempts=2, lease=(2, 21.0)),
     case("a stale failure after a success changes no status", [R(0), C(1, OK)], C(2, of=0),
          "ok", status="delivered"),
     case("a stale holder's failure leaves the new lease", [R(0), R(11)], C(12, delay=99, of=0),
@@ -163,6 +192,24 @@ CASES = [
          lease=(1, 10.0)),
     case("a completion after the record expired: gone", [R(0), C(1)], C(3611, OK, of=0), "gone",
          gone=True),
+    # Release: a reservation never sent is given back, by its id.
+    case("a reservation given back is not counted", [R(0, reservation="a")],
+         Release(1, "a"), "ok", attempts=0, lease=None, history=[], status="open"),
+    case("a reservation given back keeps the attempts before",
+         [*TWO_FAILED, R(4, reservation="a")], Release(5, "a"), "ok", attempts=2, lease=None,
+         history=[(1, 0.0, "failed", 1.0, "HTTP 503"), (2, 2.0, "failed", 3.0, "HTTP 503")]),
+    case("another id gives nothing back", [R(0, reservation="a")], Release(1, "b"), "ok",
+         attempts=1, lease=(1, 10.0)),
+    case("no id gives nothing back", [R(0)], Release(1, ""), "ok", attempts=1, lease=(1, 10.0)),
+    case("a completed reservation is not given back", [R(0, reservation="a"), C(1)],
+         Release(2, "a"), "ok", attempts=1, lease=None, last_error="HTTP 503"),
+    case("given back on an unknown key: gone", [], Release(0, "a"), "gone", gone=True),
+    case("after a reservation given back: the same attempt again",
+         [R(0, reservation="a"), Release(1, "a")], R(2), "reserved 1", attempts=1,
+         lease=(1, 12.0)),
+    case("a given-back token stays spent: its late success delivers nothing",
+         [R(0, reservation="a"), Release(1, "a"), R(2)], C(3, OK, of=0), "ok",
+         status="open", lease=(1, 12.0), history=[(1, 2.0, "running", None, "")]),
     # Clear.
     case("clear keeps a tombstone for the grace", [R(0), C(1, OK)], X(2), CLEARED,
          cleared=True, status="delivered", expires_at=62.0,
