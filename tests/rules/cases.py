@@ -18,7 +18,7 @@ from typing import Any
 
 from sendonce_server.engine.decisions import ABANDONED_ERROR
 
-from .ops import Clear, Complete, Op, Read, Release, Reserve
+from .ops import Clear, Complete, Count, Op, Read, Release, Reserve
 
 R, C, X = Reserve, Complete, Clear
 OK = "succeeded"
@@ -118,6 +118,12 @@ CASES = [
          history=[(1, 0.0, "abandoned", None, ABANDONED_ERROR), (2, 10.0, "running", None, "")]),
     case("the last attempt abandoned exhausts", [*TWO_FAILED, R(4)], R(14), "exhausted",
          attempts=3, status="exhausted", lease=None, last_error=ABANDONED_ERROR),
+    case("the last attempt abandoned, then a raised max_attempts: still exhausted",
+         [*TWO_FAILED, R(4)], R(14, max_attempts=5), "exhausted", attempts=3, max_attempts=3,
+         status="exhausted"),
+    case("a blocked receiver after the lease ended: the attempt recorded abandoned", [R(0)],
+         R(10, blocked=True), "circuit_open", attempts=1, lease=None,
+         last_error=ABANDONED_ERROR, history=[(1, 0.0, "abandoned", None, ABANDONED_ERROR)]),
     case("an abandoned attempt with budget left: retry at once", [R(0), C(1, delay=50)], R(51),
          "reserved 2"),
     case("the last attempt abandoned, then its late failure", [*TWO_FAILED, R(4), R(14)],
@@ -190,6 +196,15 @@ CASES = [
     case("fencing: an old success in the instant of a forced Clear",
          [R(0), X(0, force=True), R(0)], C(1, OK, of=0), "ok", status="open",
          lease=(1, 10.0)),
+    case("a forgotten attempt's late completion changes nothing, not even the expiry",
+         [R(0), X(1, force=True), R(2)], C(13, of=0), "ok", expires_at=3612.0, lease=(1, 12.0),
+         history=[(1, 2.0, "running", None, "")]),
+    # A holder paused past the record's retention: its token is not the next record's (on
+    # Redis while the key's counter lives, the retention after its last lease: the runner
+    # expires records, never counters).
+    case("fencing: an expired record's late success does not deliver the next record",
+         [R(0), R(3611)], C(3612, OK, of=0), "ok", status="open", lease=(1, 3621.0),
+         history=[(1, 3611.0, "running", None, "")]),
     case("a completion after the record expired: gone", [R(0), C(1)], C(3611, OK, of=0), "gone",
          gone=True),
     # Release: a reservation never sent is given back, by its id.
@@ -233,6 +248,40 @@ CASES = [
          "reserved 1", attempts=1, status="open", cleared=False),
     case("after a forced clear: attempt 1 again", [R(0), C(1), X(2, force=True)], R(3),
          "reserved 1", attempts=1),
+    # Count: the AttemptCount view of the record, as read from each store.
+    case("count of an unknown key: the caller's count", [], Count(0, persisted=2),
+         "unknown 2/3", gone=True),
+    case("count of an unknown key at the budget: final", [], Count(0, persisted=3),
+         "unknown 3/3; final", gone=True),
+    case("count during the lease: in flight", [R(0)], Count(9.5),
+         "found 1/3; in flight; history running"),
+    case("count at the lease's end: abandoned", [R(0)], Count(10),
+         "found 1/3; error abandoned; history abandoned"),
+    case("count after a failure, then a running attempt", [R(0), C(1), R(2)], Count(3),
+         "found 2/3; in flight; error HTTP 503; history failed,running"),
+    case("count after a failure, then an abandoned attempt", [R(0), C(1), R(2)], Count(12),
+         "found 2/3; error abandoned; history failed,abandoned"),
+    case("count takes the caller's higher count", [R(0), C(1)], Count(2, persisted=2),
+         "found 2/3; error HTTP 503; history failed"),
+    case("count with the caller's count at the budget: final", [R(0), C(1)],
+         Count(2, persisted=3), "found 3/3; final; error HTTP 503; history failed"),
+    case("count while the last attempt runs: not final", [*TWO_FAILED, R(4)], Count(5),
+         "found 3/3; in flight; error HTTP 503; history failed,failed,running"),
+    case("count after the last attempt was abandoned: final", [*TWO_FAILED, R(4)], Count(14),
+         "found 3/3; final; error abandoned; history failed,failed,abandoned"),
+    case("count during the backoff: retry after", [R(0), C(1, delay=20)], Count(5),
+         "found 1/3; retry after 16; error HTTP 503; history failed"),
+    case("count at the backoff's end: no wait", [R(0), C(1, delay=20)], Count(21),
+         "found 1/3; error HTTP 503; history failed"),
+    case("count of an exhausted key: final, no wait", [*TWO_FAILED, R(4), C(5, delay=20)],
+         Count(6), "found 3/3; final; error HTTP 503; history failed,failed,failed"),
+    case("count of a delivered key", [R(0), C(1, OK)], Count(2),
+         "found 1/3; delivered; final; history succeeded"),
+    case("count of a tombstone", [R(0), C(1, OK), X(2)], Count(3),
+         "found 1/3; delivered; final; cleared; history succeeded"),
+    case("count of a key delivered by a late success while a lease ran out",
+         [R(0), C(1), R(2), C(3, OK, of=0)], Count(12),
+         "found 2/3; delivered; final; error HTTP 503; history succeeded,abandoned"),
     # Retention.
     # The retention runs from the lease's end (10 s), so a short one never expires a lease.
     case("a record lives its retention", [R(0), C(1)], Read(3609.5), "found"),
