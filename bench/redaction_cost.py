@@ -2,9 +2,9 @@
 
     python -m bench.redaction_cost
 
-Prints CPU microseconds per `Redactor.redact` (best of 5 rounds) for: a typical alert with no
-secret (the hints prefilter decides alone), the same with two secrets, and a 64 KiB body of log
-lines, with and without secrets in them.
+Prints CPU microseconds per `NotificationRedactor.redact` (best of 5 rounds) for: a typical
+alert with no secret (the hints prefilter decides alone), the same with two secrets, and a
+64 KiB body of log lines, with and without secrets in them.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from sendonce_server.engine.model import Link, Notification
-from sendonce_server.redaction import Redactor
+from sendonce_server.redaction import NotificationRedactor
 
 _LOG_LINE = (
     "2026-12-07T17:49:21Z INFO payments-api request_id=4bf92f3577b34da6 path=/v1/charges "
@@ -43,7 +43,7 @@ def _large(secret: bool) -> Notification:
     return Notification(subject="payments-api logs", body="".join(lines)[: 64 * 1024])
 
 
-def _cost(redactor: Redactor, notification: Notification, calls: int) -> float:
+def _cost(redactor: NotificationRedactor, notification: Notification, calls: int) -> float:
     best = float("inf")
     for _ in range(5):
         started = time.process_time()
@@ -54,7 +54,7 @@ def _cost(redactor: Redactor, notification: Notification, calls: int) -> float:
 
 
 def main() -> None:
-    redactor = Redactor()
+    redactor = NotificationRedactor()
     cases = [
         ("typical, no secret", _typical(False), 5_000),
         ("typical, 2 secrets", _typical(True), 2_000),

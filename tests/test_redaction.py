@@ -16,18 +16,18 @@ from sendonce_server.engine.model import Link, Notification, Priority
 from sendonce_server.redaction import (
     DEFAULT_RULES,
     REDACTED,
+    NotificationRedactor,
     RedactionConfig,
-    Redactor,
     Rule,
 )
 
 R = REDACTED
-redactor = Redactor()
+redactor = NotificationRedactor()
 
 
-def _only(name: str) -> Redactor:
+def _only(name: str) -> NotificationRedactor:
     (rule,) = [rule for rule in DEFAULT_RULES if rule.name == name]
-    return Redactor([rule])
+    return NotificationRedactor([rule])
 
 
 CORPUS = tomllib.loads((Path(__file__).parent / "redaction_corpus.toml").read_text())["case"]
@@ -189,9 +189,9 @@ def test_the_fingerprint_changes_with_redaction() -> None:
 
 
 def test_a_rule_replaces_its_group_or_the_whole_match() -> None:
-    whole = Redactor([Rule("ticket", r"TICKET-\d+")])
-    named = Redactor([Rule("pin", r"pin (?P<secret>\d{4})")])
-    numbered = Redactor([Rule("pin", r"(pin) (\d{4})", group=2)])
+    whole = NotificationRedactor([Rule("ticket", r"TICKET-\d+")])
+    named = NotificationRedactor([Rule("pin", r"pin (?P<secret>\d{4})")])
+    numbered = NotificationRedactor([Rule("pin", r"(pin) (\d{4})", group=2)])
 
     assert whole.redact_text("see TICKET-123 now") == f"see {R} now"
     assert named.redact_text("pin 1234 ok") == f"pin {R} ok"

@@ -3,7 +3,7 @@
 The rule set is data: each `Rule` is a name, a regular expression and, optionally, the group of it
 that holds the secret (the rest of the match, e.g. `password=`, is kept so a reader still sees
 what was hidden). `DEFAULT_RULES` covers the common shapes; `RedactionConfig` adds rules from the
-configuration and can switch default ones off. A `Redactor` applies a rule set:
+configuration and can switch default ones off. A `NotificationRedactor` applies a rule set:
 
     redactor = RedactionConfig().redactor()
     safe = redactor.redact(notification)     # a copy, or the same object when nothing matched
@@ -254,10 +254,10 @@ def _splice(match: re.Match[str], group: str | int, replacement: str) -> str:
     return whole[: start - offset] + replacement + whole[end - offset :]
 
 
-_KEY_VERDICTS = 4096  # metadata keys whose verdict a Redactor remembers
+_KEY_VERDICTS = 4096  # metadata keys whose verdict a NotificationRedactor remembers
 
 
-class Redactor:
+class NotificationRedactor:
     """Applies a rule set to text and to every text field of a notification."""
 
     def __init__(self, rules: Iterable[Rule] = DEFAULT_RULES) -> None:
@@ -402,5 +402,5 @@ class RedactionConfig(BaseModel):
         defaults = [rule for rule in DEFAULT_RULES if rule.name not in self.disabled_rules]
         return [*defaults, *(rule.rule() for rule in self.rules)]
 
-    def redactor(self) -> Redactor:
-        return Redactor(self.active_rules())
+    def redactor(self) -> NotificationRedactor:
+        return NotificationRedactor(self.active_rules())

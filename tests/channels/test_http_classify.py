@@ -16,7 +16,7 @@ import pytest
 from sendonce_server.channels.http import (
     BODY_EXCERPT_CHARS,
     REDACTED,
-    Redactor,
+    ReceiverSecretMasker,
     body_excerpt,
     classify_error,
     classify_status,
@@ -81,7 +81,7 @@ def test_body_excerpt_redacts_secrets_even_when_cut_at_the_limit() -> None:
     token = "s3cr3tT0k3n"
     body = ("a" * (BODY_EXCERPT_CHARS - 5) + token).encode()
 
-    excerpt = body_excerpt(body, Redactor([token]))
+    excerpt = body_excerpt(body, ReceiverSecretMasker([token]))
 
     assert excerpt == "a" * (BODY_EXCERPT_CHARS - 5) + REDACTED[:5]
 
@@ -199,7 +199,7 @@ def test_url_secrets_cover_path_query_and_credentials_but_not_the_host() -> None
 
 
 def test_a_bare_slash_path_is_no_secret() -> None:
-    redact = Redactor(url_secrets("https://hooks.example.com/?token=t0k3n123"))
+    redact = ReceiverSecretMasker(url_secrets("https://hooks.example.com/?token=t0k3n123"))
 
     assert (
         redact("see https://docs.example/e/404 t0k3n123")
@@ -208,7 +208,7 @@ def test_a_bare_slash_path_is_no_secret() -> None:
 
 
 def test_redactor_replaces_raw_and_percent_encoded_forms() -> None:
-    redact = Redactor(["a/b c"])
+    redact = ReceiverSecretMasker(["a/b c"])
 
     assert redact("x a/b c y a%2Fb%20c z a/b%20c") == f"x {REDACTED} y {REDACTED} z {REDACTED}"
 
@@ -226,11 +226,11 @@ def test_redactor_replaces_raw_and_percent_encoded_forms() -> None:
     ],
 )
 def test_redactor_replaces_every_encoding_of_a_secret(echoed: str) -> None:
-    assert Redactor(["a/b c"])(f"x {echoed} y") == f"x {REDACTED} y"
+    assert ReceiverSecretMasker(["a/b c"])(f"x {echoed} y") == f"x {REDACTED} y"
 
 
 def test_redactor_replaces_base64_of_a_whole_secret() -> None:
-    redact = Redactor(["user:pa55word"])
+    redact = ReceiverSecretMasker(["user:pa55word"])
     basic = base64.b64encode(b"user:pa55word").decode()
 
     assert redact(f"Authorization: Basic {basic}") == f"Authorization: Basic {REDACTED}"
@@ -238,12 +238,14 @@ def test_redactor_replaces_base64_of_a_whole_secret() -> None:
 
 @pytest.mark.parametrize("text", ["a/b", "a/b  c", "A/B C", "a%2Fb%2", "a&amp;b c", "%"])
 def test_redactor_leaves_text_that_is_not_the_secret(text: str) -> None:
-    assert Redactor(["a/b c"])(text) == text
+    assert ReceiverSecretMasker(["a/b c"])(text) == text
 
 
 @pytest.mark.parametrize("run", ["\\", "%25", "%", "&#0", "+"])
 def test_redactor_stays_linear_on_long_runs(run: str) -> None:
-    redact = Redactor(url_secrets("https://u:p%25w@h.example.com/a%25b/c\\d?t=%5C%25%2B%2F%26x"))
+    redact = ReceiverSecretMasker(
+        url_secrets("https://u:p%25w@h.example.com/a%25b/c\\d?t=%5C%25%2B%2F%26x")
+    )
     text = run * (64 * 1024 // len(run))
 
     started = time.perf_counter()
@@ -256,7 +258,7 @@ def test_http_library_logs_are_scrubbed_while_registered(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    redactor = Redactor(url_secrets(SECRET_URL))
+    redactor = ReceiverSecretMasker(url_secrets(SECRET_URL))
 
     redact_http_logs(redactor)
     logging.getLogger("httpx").info('HTTP Request: %s %s "%s"', "POST", SECRET_URL, "200 OK")

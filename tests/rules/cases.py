@@ -18,19 +18,13 @@ from typing import Any
 
 from sendonce_server.engine.decisions import ABANDONED_ERROR
 
-from .ops import Clear, Complete, Op, Read, Reserve
+from .ops import Clear, Complete, Count, Op, Read, Release, Reserve
 
 R, C, X = Reserve, Complete, Clear
 OK = "succeeded"
 FAIL = "failed"
 PERMANENT = "failed_permanent"
 CLEARED = "cleared hook; running -"
-PYTHON = ("model", "memory", "sqlite")  # the stores that run engine/decisions.py
-# The Python rules start a record's fencing counter at the clock's microseconds, so a record
-# reserved again in the microsecond of a forced Clear hands out its predecessor's token: the
-# old holder then completes the new attempt. Redis counts tokens with INCR on a key the Clear
-# keeps, so the tokens never repeat.
-SAME_TOKEN = "decisions.new_record: the fence restarts at now*1e6, reusing the cleared token"
 
 
 @dataclass(frozen=True)
@@ -41,9 +35,6 @@ class Case:
     answer: str
     after: dict[str, Any] = field(default_factory=dict)
     gone: bool = False
-    # A known divergence: why, and the implementations that get the row wrong (strict xfail).
-    xfail: str = ""
-    xfail_on: tuple[str, ...] = ()
 
 
 def case(
@@ -53,11 +44,9 @@ def case(
     answer: str,
     *,
     gone: bool = False,
-    xfail: str = "",
-    xfail_on: tuple[str, ...] = (),
     **after: Any,
 ) -> Case:
-    return Case(name, tuple(before), then, answer, after, gone, xfail, xfail_on)
+    return Case(name, tuple(before), then, answer, after, gone)
 
 
 # Two attempts used and failed, the third one free (max_attempts 3).
@@ -103,11 +92,38 @@ CASES = [
          "exhausted", max_attempts=3, status="exhausted"),
     # Reserve: leases.
     case("a live lease: join it", [R(0)], R(9), "running 1", attempts=1, lease=(1, 10.0)),
+    # Reserve: a joiner's count (promise 1 counts every caller's).
+    case("a joiner's count at the attempt in flight is that attempt", [R(0)], R(1, persisted=1),
+         "running 1", attempts=1),
+    case("a joiner's count above the attempt in flight: that attempt on top", [R(0)],
+         R(1, persisted=4), "running 1", attempts=5, lease=(1, 10.0), status="open"),
+    case("a joiner's count equal to the folded count: on top again",
+         [R(0), R(1, persisted=4)], R(2, persisted=5), "running 1", attempts=6),
+    case("a joiner's count below the folded count changes nothing",
+         [R(0), R(1, persisted=4)], R(2, persisted=4), "running 1", attempts=5),
+    case("a folded count exhausts when the attempt fails", [R(0), R(1, persisted=4)], C(2),
+         "ok", attempts=5, status="exhausted", lease=None),
+    # Reserve: the caller's own reservation, asked again after a lost reply.
+    case("a lost reply asked again: the same reservation", [R(0, reservation="a")],
+         R(1, reservation="a"), "reserved 1", attempts=1, lease=(1, 10.0),
+         history=[(1, 0.0, "running", None, "")]),
+    case("another reservation id joins", [R(0, reservation="a")], R(1, reservation="b"),
+         "running 1", attempts=1),
+    case("asked again at its lease's end: a new attempt", [R(0, reservation="a")],
+         R(10, reservation="a"), "reserved 2", attempts=2, lease=(2, 20.0)),
+    case("asked again after a success: delivered", [R(0, reservation="a"), C(1, OK)],
+         R(2, reservation="a"), "already_delivered", attempts=1),
     case("a lease expired at its end: attempt 2", [R(0)], R(10), "reserved 2",
          attempts=2, lease=(2, 20.0),
          history=[(1, 0.0, "abandoned", None, ABANDONED_ERROR), (2, 10.0, "running", None, "")]),
     case("the last attempt abandoned exhausts", [*TWO_FAILED, R(4)], R(14), "exhausted",
          attempts=3, status="exhausted", lease=None, last_error=ABANDONED_ERROR),
+    case("the last attempt abandoned, then a raised max_attempts: still exhausted",
+         [*TWO_FAILED, R(4)], R(14, max_attempts=5), "exhausted", attempts=3, max_attempts=3,
+         status="exhausted"),
+    case("a blocked receiver after the lease ended: the attempt recorded abandoned", [R(0)],
+         R(10, blocked=True), "circuit_open", attempts=1, lease=None,
+         last_error=ABANDONED_ERROR, history=[(1, 0.0, "abandoned", None, ABANDONED_ERROR)]),
     case("an abandoned attempt with budget left: retry at once", [R(0), C(1, delay=50)], R(51),
          "reserved 2"),
     case("the last attempt abandoned, then its late failure", [*TWO_FAILED, R(4), R(14)],
@@ -147,6 +163,14 @@ CASES = [
          status="failed_permanent"),
     case("the last attempt succeeding", [*TWO_FAILED, R(4)], C(5, OK), "ok",
          attempts=3, status="delivered"),
+    case("a completion with its joiners' count: the attempt on top", [R(0)], C(1, persisted=4),
+         "ok", attempts=5, status="exhausted", lease=None),
+    case("a completion with its joiners' count at the attempt", [R(0)], C(1, persisted=1),
+         "ok", attempts=1, status="open"),
+    case("a completion's joiners' count below the folded count", [R(0), R(1, persisted=4)],
+         C(2, persisted=4), "ok", attempts=5),
+    case("a stale completion's joiners' count is not taken", [R(0), R(11)],
+         C(12, of=0, persisted=5), "ok", attempts=2, lease=(2, 21.0)),
     case("a stale failure after a success changes no status", [R(0), C(1, OK)], C(2, of=0),
          "ok", status="delivered"),
     case("a stale holder's failure leaves the new lease", [R(0), R(11)], C(12, delay=99, of=0),
@@ -165,14 +189,42 @@ CASES = [
     case("fencing: an old success after a forced Clear does not deliver the new key",
          [R(0), X(1, force=True), R(2)], C(3, OK, of=0), "ok", status="open",
          lease=(1, 12.0)),
+    # The new record's first token in the microsecond of the Clear: never the cleared one's.
     case("fencing: an old failure in the instant of a forced Clear",
          [R(0), X(0, force=True), R(0)], C(1, of=0), "ok", status="open", lease=(1, 10.0),
-         xfail=SAME_TOKEN, xfail_on=PYTHON),
+         history=[(1, 0.0, "running", None, "")]),
     case("fencing: an old success in the instant of a forced Clear",
          [R(0), X(0, force=True), R(0)], C(1, OK, of=0), "ok", status="open",
-         lease=(1, 10.0), xfail=SAME_TOKEN, xfail_on=PYTHON),
+         lease=(1, 10.0)),
+    case("a forgotten attempt's late completion changes nothing, not even the expiry",
+         [R(0), X(1, force=True), R(2)], C(13, of=0), "ok", expires_at=3612.0, lease=(1, 12.0),
+         history=[(1, 2.0, "running", None, "")]),
+    # A holder paused past the record's retention: its token is not the next record's (on
+    # Redis while the key's counter lives, the retention after its last lease: the runner
+    # expires records, never counters).
+    case("fencing: an expired record's late success does not deliver the next record",
+         [R(0), R(3611)], C(3612, OK, of=0), "ok", status="open", lease=(1, 3621.0),
+         history=[(1, 3611.0, "running", None, "")]),
     case("a completion after the record expired: gone", [R(0), C(1)], C(3611, OK, of=0), "gone",
          gone=True),
+    # Release: a reservation never sent is given back, by its id.
+    case("a reservation given back is not counted", [R(0, reservation="a")],
+         Release(1, "a"), "ok", attempts=0, lease=None, history=[], status="open"),
+    case("a reservation given back keeps the attempts before",
+         [*TWO_FAILED, R(4, reservation="a")], Release(5, "a"), "ok", attempts=2, lease=None,
+         history=[(1, 0.0, "failed", 1.0, "HTTP 503"), (2, 2.0, "failed", 3.0, "HTTP 503")]),
+    case("another id gives nothing back", [R(0, reservation="a")], Release(1, "b"), "ok",
+         attempts=1, lease=(1, 10.0)),
+    case("no id gives nothing back", [R(0)], Release(1, ""), "ok", attempts=1, lease=(1, 10.0)),
+    case("a completed reservation is not given back", [R(0, reservation="a"), C(1)],
+         Release(2, "a"), "ok", attempts=1, lease=None, last_error="HTTP 503"),
+    case("given back on an unknown key: gone", [], Release(0, "a"), "gone", gone=True),
+    case("after a reservation given back: the same attempt again",
+         [R(0, reservation="a"), Release(1, "a")], R(2), "reserved 1", attempts=1,
+         lease=(1, 12.0)),
+    case("a given-back token stays spent: its late success delivers nothing",
+         [R(0, reservation="a"), Release(1, "a"), R(2)], C(3, OK, of=0), "ok",
+         status="open", lease=(1, 12.0), history=[(1, 2.0, "running", None, "")]),
     # Clear.
     case("clear keeps a tombstone for the grace", [R(0), C(1, OK)], X(2), CLEARED,
          cleared=True, status="delivered", expires_at=62.0,
@@ -196,6 +248,40 @@ CASES = [
          "reserved 1", attempts=1, status="open", cleared=False),
     case("after a forced clear: attempt 1 again", [R(0), C(1), X(2, force=True)], R(3),
          "reserved 1", attempts=1),
+    # Count: the AttemptCount view of the record, as read from each store.
+    case("count of an unknown key: the caller's count", [], Count(0, persisted=2),
+         "unknown 2/3", gone=True),
+    case("count of an unknown key at the budget: final", [], Count(0, persisted=3),
+         "unknown 3/3; final", gone=True),
+    case("count during the lease: in flight", [R(0)], Count(9.5),
+         "found 1/3; in flight; history running"),
+    case("count at the lease's end: abandoned", [R(0)], Count(10),
+         "found 1/3; error abandoned; history abandoned"),
+    case("count after a failure, then a running attempt", [R(0), C(1), R(2)], Count(3),
+         "found 2/3; in flight; error HTTP 503; history failed,running"),
+    case("count after a failure, then an abandoned attempt", [R(0), C(1), R(2)], Count(12),
+         "found 2/3; error abandoned; history failed,abandoned"),
+    case("count takes the caller's higher count", [R(0), C(1)], Count(2, persisted=2),
+         "found 2/3; error HTTP 503; history failed"),
+    case("count with the caller's count at the budget: final", [R(0), C(1)],
+         Count(2, persisted=3), "found 3/3; final; error HTTP 503; history failed"),
+    case("count while the last attempt runs: not final", [*TWO_FAILED, R(4)], Count(5),
+         "found 3/3; in flight; error HTTP 503; history failed,failed,running"),
+    case("count after the last attempt was abandoned: final", [*TWO_FAILED, R(4)], Count(14),
+         "found 3/3; final; error abandoned; history failed,failed,abandoned"),
+    case("count during the backoff: retry after", [R(0), C(1, delay=20)], Count(5),
+         "found 1/3; retry after 16; error HTTP 503; history failed"),
+    case("count at the backoff's end: no wait", [R(0), C(1, delay=20)], Count(21),
+         "found 1/3; error HTTP 503; history failed"),
+    case("count of an exhausted key: final, no wait", [*TWO_FAILED, R(4), C(5, delay=20)],
+         Count(6), "found 3/3; final; error HTTP 503; history failed,failed,failed"),
+    case("count of a delivered key", [R(0), C(1, OK)], Count(2),
+         "found 1/3; delivered; final; history succeeded"),
+    case("count of a tombstone", [R(0), C(1, OK), X(2)], Count(3),
+         "found 1/3; delivered; final; cleared; history succeeded"),
+    case("count of a key delivered by a late success while a lease ran out",
+         [R(0), C(1), R(2), C(3, OK, of=0)], Count(12),
+         "found 2/3; delivered; final; error HTTP 503; history succeeded,abandoned"),
     # Retention.
     # The retention runs from the lease's end (10 s), so a short one never expires a lease.
     case("a record lives its retention", [R(0), C(1)], Read(3609.5), "found"),

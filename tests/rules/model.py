@@ -21,6 +21,7 @@ class ModelStore:
         self.retention = retention
         self.clear_grace = clear_grace
         self.records: dict[Key, Record] = {}
+        self.fence_floor = 0
 
     def _get(self, key: Key, now: float) -> Record | None:
         record = self.records.get(key)
@@ -30,7 +31,9 @@ class ModelStore:
         return copy.deepcopy(record)
 
     async def reserve(self, key: Key, request: ReserveRequest, now: float) -> Decision:
-        decision, changed = decisions.decide(self._get(key, now), request, now, self.retention)
+        decision, changed = decisions.decide(
+            self._get(key, now), request, now, self.retention, self.fence_floor
+        )
         if changed and not isinstance(decision, decisions.Mismatch):
             self.records[key] = copy.deepcopy(decision.record)
         return decision
@@ -57,6 +60,7 @@ class ModelStore:
             if record.lease is not None and record.lease.expires_at > now:
                 running.append(key.channel)
             if force:
+                self.fence_floor = decisions.forget(record, self.fence_floor)
                 del self.records[key]
             else:
                 decisions.tombstone(record, now, self.clear_grace)

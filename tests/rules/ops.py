@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sendonce_server.engine import decisions
 from sendonce_server.engine.decisions import (
+    ABANDONED_ERROR,
     Completion,
     Decision,
     Mismatch,
@@ -20,7 +22,7 @@ from sendonce_server.engine.decisions import (
     Running,
     Verdict,
 )
-from sendonce_server.engine.model import AttemptResult, Key, Receipt, Record
+from sendonce_server.engine.model import AttemptResult, Key, KeyState, Receipt, Record
 from sendonce_server.engine.ports import Store
 from sendonce_server.store import codec
 from sendonce_server.store.redis import RedisStore
@@ -72,7 +74,16 @@ class Read:
     at: float
 
 
-Op = Reserve | Complete | Release | Clear | Read
+@dataclass(frozen=True)
+class Count:
+    """The AttemptCount view (decisions.state_of) of the record the store holds."""
+
+    at: float
+    persisted: int = 0
+    max_attempts: int = 3
+
+
+Op = Reserve | Complete | Release | Clear | Read | Count
 
 
 @dataclass
@@ -134,7 +145,30 @@ async def apply(store: Store, run: Run, op: Op, key: Key = KEY) -> str:
     if isinstance(op, Clear):
         cleared, running = await store.clear(key.uid, [], op.force, now)
         return f"cleared {','.join(cleared) or '-'}; running {','.join(running) or '-'}"
+    if isinstance(op, Count):
+        record = await store.read(key, now)
+        return describe_state(decisions.state_of(record, op.persisted, op.max_attempts, now))
     return "none" if await store.read(key, now) is None else "found"
+
+
+def describe_state(state: KeyState) -> str:
+    """A read view as the tables write it: `found 1/3; in flight; history running`."""
+    parts = [f"{'found' if state.found else 'unknown'} {state.attempts_used}/{state.max_attempts}"]
+    flags = {
+        "in flight": state.in_flight,
+        "delivered": state.succeeded,
+        "final": state.final,
+        "cleared": state.cleared,
+    }
+    parts += [flag for flag, on in flags.items() if on]
+    if state.retry_after is not None:
+        parts.append(f"retry after {state.retry_after:g}")
+    if state.last_error:
+        abandoned = state.last_error == ABANDONED_ERROR
+        parts.append(f"error {'abandoned' if abandoned else state.last_error}")
+    if state.history:
+        parts.append("history " + ",".join(e.result.value for e in state.history))
+    return "; ".join(parts)
 
 
 async def expire_by_ttl(store: Store, key: Key, now: float) -> None:

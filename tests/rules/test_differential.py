@@ -107,11 +107,6 @@ class Differential(RuleBasedStateMachine):
     @rule(key=st.sampled_from(KEYS), force=st.booleans())
     def clear(self, key: Key, force: bool) -> None:
         self.both(key, Clear(self.now, force))
-        if force:
-            # Known divergence, an xfail row of cases.py (SAME_TOKEN): a reserve in the instant
-            # of a forced Clear reuses the cleared token in Python, not in Lua. Time moves on
-            # so that this test finds the other differences.
-            self.now += 1.0
 
     @rule(key=st.sampled_from(KEYS))
     def read(self, key: Key) -> None:

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..engine.model import Notification, Priority, Receipt
 from ..engine.ports import Delivery, SendResult
-from .http import Redactor, body_excerpt, root_cause
+from .http import ReceiverSecretMasker, body_excerpt, root_cause
 from .markdown import to_html
 from .secrets import SecretError, SecretRef
 
@@ -105,7 +105,7 @@ class EmailChannel:
         if settings.password is not None and settings.username is not None:
             self._password = settings.password.resolve("password").get_secret_value()
             secrets += _password_forms(settings.username, self._password)
-        self._redactor = Redactor(secrets)
+        self._redactor = ReceiverSecretMasker(secrets)
         self._tls_context: ssl.SSLContext | None = None
         if settings.security != "none":
             cafile = str(settings.ca_file) if settings.ca_file is not None else None

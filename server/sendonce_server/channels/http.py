@@ -44,7 +44,7 @@ _MIN_SECRET_PART = 6
 _DELAY_SECONDS = re.compile(r"\d+(\.\d+)?")
 
 
-class Redactor:
+class ReceiverSecretMasker:
     """Replaces known secret strings with `[redacted]`, in whatever encoding they come back.
 
     A receiver may echo its URL, or the credentials it was sent, in its error body, encoded as
@@ -209,7 +209,7 @@ class _HttpLogRedaction(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self.redactors: weakref.WeakSet[Redactor] = weakref.WeakSet()
+        self.redactors: weakref.WeakSet[ReceiverSecretMasker] = weakref.WeakSet()
 
     def filter(self, record: logging.LogRecord) -> bool:
         redactors = list(self.redactors)
@@ -226,7 +226,7 @@ class _HttpLogRedaction(logging.Filter):
 _http_log_redaction = _HttpLogRedaction()
 
 
-def redact_http_logs(redactor: Redactor) -> None:
+def redact_http_logs(redactor: ReceiverSecretMasker) -> None:
     """Scrub this redactor's secrets from httpx and httpcore log records until forgotten."""
     for name in _HTTP_LOGGERS:
         logger = logging.getLogger(name)
@@ -235,7 +235,7 @@ def redact_http_logs(redactor: Redactor) -> None:
     _http_log_redaction.redactors.add(redactor)
 
 
-def forget_http_logs(redactor: Redactor) -> None:
+def forget_http_logs(redactor: ReceiverSecretMasker) -> None:
     """Stop scrubbing this redactor's secrets (a closed channel no longer needs it)."""
     _http_log_redaction.redactors.discard(redactor)
 
@@ -262,7 +262,7 @@ def classify_status(
     headers: Mapping[str, str],
     body: bytes = b"",
     *,
-    redactor: Redactor | None = None,
+    redactor: ReceiverSecretMasker | None = None,
 ) -> SendResult:
     """The result for an HTTP response; `body` is (a prefix of) the response body."""
     if 200 <= status_code < 300:
@@ -281,7 +281,7 @@ def classify_status(
     return SendResult.permanent(error)
 
 
-def body_excerpt(body: bytes, redactor: Redactor | None = None) -> str:
+def body_excerpt(body: bytes, redactor: ReceiverSecretMasker | None = None) -> str:
     """A short, printable, single-line, redacted excerpt of a response body."""
     text = body[:BODY_READ_LIMIT].decode("utf-8", errors="replace")
     text = "".join(char if char.isprintable() else " " for char in text)
@@ -382,7 +382,7 @@ class HttpEndpoint:
         self._url = url
         self._timeout = timeout
         secrets = tuple(secrets)
-        self.redactor = Redactor(secrets)
+        self.redactor = ReceiverSecretMasker(secrets)
         self._scrubbing = any(secrets)
         if self._scrubbing:
             redact_http_logs(self.redactor)

@@ -90,8 +90,14 @@ class Completion:
     reservation: str = ""
 
 
-def new_record(fingerprint: str, max_attempts: int, now: float) -> Record:
-    return Record(fingerprint=fingerprint, max_attempts=max_attempts, fence=int(now * 1_000_000))
+def new_record(fingerprint: str, max_attempts: int, now: float, fence_floor: int) -> Record:
+    """A record whose tokens come after every token handed out for its key before.
+
+    Those of a record forgotten by a forced clear are at most `fence_floor`; those of a record
+    that expired are below the clock's microseconds (it expired retention after its last lease).
+    """
+    fence = max(int(now * 1_000_000), fence_floor)
+    return Record(fingerprint=fingerprint, max_attempts=max_attempts, fence=fence)
 
 
 def count_known_attempts(record: Record, persisted: int, in_flight: int) -> bool:
@@ -129,16 +135,20 @@ def reap_expired_lease(record: Record, now: float) -> bool:
 
 
 def decide(
-    record: Record | None, request: ReserveRequest, now: float, retention: float
+    record: Record | None,
+    request: ReserveRequest,
+    now: float,
+    retention: float,
+    fence_floor: int,
 ) -> tuple[Decision, bool]:
     """Decide what a Deliver call may do. Returns the decision and whether the record changed.
 
-    The record is modified in place (a new one is created when None); the store persists
-    ``decision.record`` when the flag is set.
+    The record is modified in place (a new one is created when None, its tokens above
+    `fence_floor`: see `forget`); the store persists ``decision.record`` when the flag is set.
     """
     changed = False
     if record is None:
-        record = new_record(request.fingerprint, request.max_attempts, now)
+        record = new_record(request.fingerprint, request.max_attempts, now, fence_floor)
         record.expires_at = now + retention
         changed = True
     elif record.fingerprint != request.fingerprint:
@@ -262,6 +272,15 @@ def tombstone(record: Record, now: float, grace: float) -> None:
     record.history = [entry for entry in record.history if entry.result in keep]
     lease_end = record.lease.expires_at if record.lease is not None else now
     record.expires_at = max(now, lease_end) + grace
+
+
+def forget(record: Record, fence_floor: int) -> int:
+    """A forced clear: the store drops `record` and keeps the returned floor for new records.
+
+    A holder of the forgotten record may still complete: a new record's tokens must never
+    repeat one of its tokens, or that completion would land on the new record's attempt.
+    """
+    return max(fence_floor, record.fence)
 
 
 def state_of(

@@ -159,8 +159,8 @@ class Record:
     last_error: str = ""
     receipt: Receipt | None = None
     history: list[AttemptEntry] = field(default_factory=list)
-    # Last fencing token issued; starts at the record's creation time in microseconds so that
-    # tokens of a record re-created after a forced clear never collide with older ones.
+    # Last fencing token issued; a new record's starts above every earlier token of its key (the
+    # creation time in microseconds, and the floor a forced clear leaves: decisions.forget).
     fence: int = 0
     cleared: bool = False
     expires_at: float = 0.0

@@ -116,13 +116,17 @@ class MemoryStore:
         self._packed = 0
         # The uid in front of `_at_rest` when last swept, and until when it lives.
         self._front: tuple[str | None, float] = (None, 0.0)
+        # Above every token of a record a forced clear forgot (decisions.forget).
+        self._fence_floor = 0
         self._watchers = KeyWatchers[Key]()
 
     def __len__(self) -> int:
         return len(self._leased) + self._packed
 
     async def reserve(self, key: Key, request: ReserveRequest, now: float) -> Decision:
-        decision, changed = decisions.decide(self._get(key, now), request, now, self.retention)
+        decision, changed = decisions.decide(
+            self._get(key, now), request, now, self.retention, self._fence_floor
+        )
         if changed and not isinstance(decision, decisions.Mismatch):
             self._put(key, decision.record, now)
         return decision
@@ -152,6 +156,7 @@ class MemoryStore:
             if record.lease is not None and record.lease.expires_at > now:
                 running.append(channel)
             if force:
+                self._fence_floor = decisions.forget(record, self._fence_floor)
                 self._delete(key)
             else:
                 decisions.tombstone(record, now, self.clear_grace)

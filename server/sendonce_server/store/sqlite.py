@@ -55,6 +55,11 @@ CREATE TABLE IF NOT EXISTS records (
     PRIMARY KEY (uid, channel)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS records_expiry ON records (expires_at);
+-- One row: above every token of a record a forced clear forgot (decisions.forget).
+CREATE TABLE IF NOT EXISTS fence_floor (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    floor INTEGER NOT NULL
+);
 """
 
 T = TypeVar("T")
@@ -105,9 +110,9 @@ class SqliteStore:
 
     async def reserve(self, key: Key, request: ReserveRequest, now: float) -> Decision:
         def step(db: sqlite3.Connection) -> Decision:
-            decision, changed = decisions.decide(
-                self._get(db, key, now), request, now, self.retention
-            )
+            record = self._get(db, key, now)
+            floor = 0 if record is not None else _fence_floor(db)
+            decision, changed = decisions.decide(record, request, now, self.retention, floor)
             if changed and not isinstance(decision, decisions.Mismatch):
                 self._put(db, key, decision.record, now)
             return decision
@@ -153,6 +158,11 @@ class SqliteStore:
                 if record.lease is not None and record.lease.expires_at > now:
                     running.append(channel)
                 if force:
+                    db.execute(
+                        "INSERT INTO fence_floor (id, floor) VALUES (0, ?) "
+                        "ON CONFLICT (id) DO UPDATE SET floor = max(floor, excluded.floor)",
+                        (decisions.forget(record, 0),),
+                    )
                     db.execute("DELETE FROM records WHERE uid = ? AND channel = ?", (uid, channel))
                 else:
                     decisions.tombstone(record, now, self.clear_grace)
@@ -405,6 +415,11 @@ class SqliteStore:
                 db.close()
             except sqlite3.Error as error:
                 log.warning("sqlite %s: close failed (%s)", self.path, error)
+
+
+def _fence_floor(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT floor FROM fence_floor WHERE id = 0").fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def _nothing(db: sqlite3.Connection) -> None:
