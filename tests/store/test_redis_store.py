@@ -272,3 +272,19 @@ async def test_a_reservation_whose_reply_stayed_lost_is_given_back_on_redis(
     assert (during.attempts_used, during.in_flight) == (1, True)
     assert (after.attempts_used, after.in_flight) == (0, False)
     assert (result.outcome, result.attempt, len(channel.sends)) == (Outcome.DELIVERED, 1, 1)
+
+
+async def test_a_counter_gone_with_its_record_never_reissues_a_token(
+    store: RedisStore, raw: aioredis.Redis, prefix: str
+) -> None:
+    """A holder paused past the retention must not find its token on the key's next record."""
+    first = await store.reserve(KEY, REQUEST, now=0.0)
+    assert isinstance(first, Reserved)
+    # As the TTLs would: the record, its counter and the index expire together.
+    await raw.delete(*[key async for key in raw.scan_iter(match=f"{prefix}*")])
+
+    second = await store.reserve(KEY, REQUEST, now=0.0)
+
+    assert isinstance(second, Reserved)
+    assert second.lease.attempt == first.lease.attempt == 1
+    assert second.lease.token > first.lease.token

@@ -139,6 +139,10 @@ local function reserve()
   end
 
   record.n = record.n + 1
+  -- A counter that is gone (never made, or expired with its record, at least a retention after
+  -- its last token) restarts at the clock in milliseconds: above every token it handed out
+  -- before. Milliseconds, not the Python rules' microseconds: cjson keeps 14 digits of a number.
+  redis.call('SET', KEYS[2], string.format('%.0f', math.floor(now * 1000)), 'NX')
   local token = redis.call('INCR', KEYS[2])
   record.lease = {record.n, token, now + lease_seconds, reservation}
   table.insert(record.h, {record.n, now, 'running', cjson.null, '', token})
