@@ -289,6 +289,8 @@ def _render_attempts(result: AttemptCountResult) -> str:
     if result.circuit in (CircuitState.OPEN, CircuitState.HALF_OPEN):
         facts.append(f"circuit {result.circuit.value.replace('_', '-')}")
     lines = [f"{state}: {', '.join(facts)}"]
+    if result.idempotency_key:
+        lines.append(f"idempotency key: {result.idempotency_key}")
     if result.retry_after is not None:
         lines.append(f"retry after: {_duration(result.retry_after)}")
     if result.last_error:

@@ -146,6 +146,9 @@ class DeliverResult:
     #: True when nothing more will ever be sent for the key.
     final: bool = False
     receipt: Receipt | None = None
+    #: The idempotency key the receiver sees for (uid, channel) on every attempt (e.g. the
+    #: webhook's Idempotency-Key header, PagerDuty's dedup_key): find the notification there.
+    idempotency_key: str = ""
 
     @property
     def delivered(self) -> bool:
@@ -190,6 +193,8 @@ class AttemptCountResult:
     cleared: bool = False
     #: The channel's circuit breaker.
     circuit: CircuitState = CircuitState.UNKNOWN
+    #: The idempotency key the receiver sees for (uid, channel), as in DeliverResult.
+    idempotency_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +318,7 @@ def deliver_result_from_pb(message: delivery_pb2.DeliverResponse) -> DeliverResu
         shared=message.shared,
         final=message.final,
         receipt=receipt,
+        idempotency_key=message.idempotency_key,
     )
 
 
@@ -342,6 +348,7 @@ def attempt_count_result_from_pb(message: delivery_pb2.AttemptCountResponse) -> 
         history=tuple(attempt_from_pb(entry) for entry in message.history),
         cleared=message.cleared,
         circuit=_CIRCUIT_FROM_PB.get(message.circuit, CircuitState.UNKNOWN),
+        idempotency_key=message.idempotency_key,
     )
 
 

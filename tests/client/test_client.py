@@ -128,6 +128,7 @@ async def test_deliver_result_is_typed(twin: Twin, server: RunningServer) -> Non
         shared=True,
         final=True,
         receipt=delivery_pb2.Receipt(reference="HTTP 200", details={"status_code": "200"}),
+        idempotency_key="msg_0123456789abcdef0123456789abcdef",
     )
 
     result = await twin.deliver("uid-1", "ops", NOTE)
@@ -137,6 +138,7 @@ async def test_deliver_result_is_typed(twin: Twin, server: RunningServer) -> Non
     assert result.retry_after == timedelta(seconds=90.5)
     assert (result.last_error, result.shared, result.final) == ("HTTP 503", True, True)
     assert result.receipt == Receipt("HTTP 200", {"status_code": "200"})
+    assert result.idempotency_key == "msg_0123456789abcdef0123456789abcdef"
     assert result.delivered
     assert not result.gave_up
 
@@ -164,6 +166,7 @@ async def test_attempt_count_result_is_typed(twin: Twin, server: RunningServer) 
         retry_after=duration_pb2.Duration(seconds=30),
         last_error="HTTP 503",
         cleared=True,
+        idempotency_key="msg_fedcba9876543210fedcba9876543210",
         history=[
             delivery_pb2.Attempt(
                 number=1,
@@ -196,6 +199,7 @@ async def test_attempt_count_result_is_typed(twin: Twin, server: RunningServer) 
     )
     assert result.retry_after == timedelta(seconds=30)
     assert result.last_error == "HTTP 503"
+    assert result.idempotency_key == "msg_fedcba9876543210fedcba9876543210"
     assert result.history == (
         Attempt(
             number=1,

@@ -1,13 +1,16 @@
 package sendonce_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -26,6 +29,43 @@ import (
 type sidecar struct {
 	address string
 	socket  string
+	// stdout is what the process printed: the console receiver's JSON lines.
+	stdout *lockedBuffer
+}
+
+// lockedBuffer collects a process's output while the test reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// consoleLine waits for the console receiver's line of uid and decodes it.
+func (s sidecar) consoleLine(t *testing.T, uid string) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, line := range strings.Split(s.stdout.String(), "\n") {
+			var document map[string]any
+			if json.Unmarshal([]byte(line), &document) == nil && document["uid"] == uid {
+				return document
+			}
+		}
+		time.Sleep(10 * time.Millisecond) // the process's output arrives through a pipe
+	}
+	t.Fatalf("no console line for %s in %q", uid, s.stdout.String())
+	return nil
 }
 
 // serverCommand is $SENDONCE_SERVER, else the repository's .venv/bin/sendonce-server.
@@ -58,11 +98,16 @@ func freePort(t *testing.T) string {
 // returns once its health service answers SERVING.
 func startSidecar(t *testing.T, args ...string) sidecar {
 	t.Helper()
-	s := sidecar{address: freePort(t), socket: filepath.Join(t.TempDir(), "sendonce.sock")}
+	s := sidecar{
+		address: freePort(t),
+		socket:  filepath.Join(t.TempDir(), "sendonce.sock"),
+		stdout:  &lockedBuffer{},
+	}
 	args = append([]string{"--listen", s.address, "--unix-socket", s.socket}, args...)
 	cmd := exec.Command(serverCommand(t), args...)
-	var stderr strings.Builder
+	var stderr lockedBuffer
 	cmd.Stderr = &stderr
+	cmd.Stdout = s.stdout
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -138,6 +183,12 @@ func TestDeliverOnceThenAlreadyDelivered(t *testing.T) {
 	}
 	if !state.GetSucceeded() || state.GetAttemptsUsed() != 1 || len(state.GetHistory()) != 1 {
 		t.Errorf("attempt count: %v", state)
+	}
+	sent := s.consoleLine(t, key)["idempotency_key"]
+	if first.IdempotencyKey == "" || first.IdempotencyKey != sent ||
+		second.IdempotencyKey != sent || state.GetIdempotencyKey() != sent {
+		t.Errorf("idempotency keys: receiver got %v, answers %q %q %q",
+			sent, first.IdempotencyKey, second.IdempotencyKey, state.GetIdempotencyKey())
 	}
 	cleared, err := client.Clear(ctx, key, false)
 	if err != nil {

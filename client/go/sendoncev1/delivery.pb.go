@@ -693,9 +693,14 @@ type DeliverResponse struct {
 	// True when nothing more will ever be sent for the key (delivered, permanent, exhausted).
 	Final bool `protobuf:"varint,8,opt,name=final,proto3" json:"final,omitempty"`
 	// Set for DELIVERED and ALREADY_DELIVERED when the receiver returned one.
-	Receipt       *Receipt `protobuf:"bytes,9,opt,name=receipt,proto3" json:"receipt,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Receipt *Receipt `protobuf:"bytes,9,opt,name=receipt,proto3" json:"receipt,omitempty"`
+	// The idempotency key the receiver sees for this (uid, channel) on every attempt (e.g. the
+	// webhook's Idempotency-Key and webhook-id headers, PagerDuty's dedup_key, the email's
+	// Message-ID): "msg_" and 32 hex digits, the same across attempts, replicas and restarts.
+	// Use it to find the notification on the receiver's side.
+	IdempotencyKey string `protobuf:"bytes,10,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *DeliverResponse) Reset() {
@@ -789,6 +794,13 @@ func (x *DeliverResponse) GetReceipt() *Receipt {
 		return x.Receipt
 	}
 	return nil
+}
+
+func (x *DeliverResponse) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
 }
 
 // AttemptCountRequest reads the state of one key.
@@ -970,9 +982,12 @@ type AttemptCountResponse struct {
 	// successful attempt.
 	Cleared bool `protobuf:"varint,11,opt,name=cleared,proto3" json:"cleared,omitempty"`
 	// The channel's circuit breaker in this sidecar process.
-	Circuit       CircuitState `protobuf:"varint,12,opt,name=circuit,proto3,enum=sendonce.v1.CircuitState" json:"circuit,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Circuit CircuitState `protobuf:"varint,12,opt,name=circuit,proto3,enum=sendonce.v1.CircuitState" json:"circuit,omitempty"`
+	// The idempotency key the receiver sees for this key, as in DeliverResponse; set whether or
+	// not the sidecar holds a record.
+	IdempotencyKey string `protobuf:"bytes,13,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *AttemptCountResponse) Reset() {
@@ -1087,6 +1102,13 @@ func (x *AttemptCountResponse) GetCircuit() CircuitState {
 		return x.Circuit
 	}
 	return CircuitState_CIRCUIT_STATE_UNSPECIFIED
+}
+
+func (x *AttemptCountResponse) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
 }
 
 // ClearRequest forgets the records of one uid, on some or all of its channels.
@@ -1247,7 +1269,7 @@ const file_sendonce_v1_delivery_proto_rawDesc = "" +
 	"\achannel\x18\x02 \x01(\tR\achannel\x12=\n" +
 	"\fnotification\x18\x03 \x01(\v2\x19.sendonce.v1.NotificationR\fnotification\x12;\n" +
 	"\fretry_policy\x18\x04 \x01(\v2\x18.sendonce.v1.RetryPolicyR\vretryPolicy\x12-\n" +
-	"\x12persisted_attempts\x18\x05 \x01(\rR\x11persistedAttempts\"\xdc\x02\n" +
+	"\x12persisted_attempts\x18\x05 \x01(\rR\x11persistedAttempts\"\x85\x03\n" +
 	"\x0fDeliverResponse\x12.\n" +
 	"\aoutcome\x18\x01 \x01(\x0e2\x14.sendonce.v1.OutcomeR\aoutcome\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x12#\n" +
@@ -1259,7 +1281,9 @@ const file_sendonce_v1_delivery_proto_rawDesc = "" +
 	"last_error\x18\x06 \x01(\tR\tlastError\x12\x16\n" +
 	"\x06shared\x18\a \x01(\bR\x06shared\x12\x14\n" +
 	"\x05final\x18\b \x01(\bR\x05final\x12.\n" +
-	"\areceipt\x18\t \x01(\v2\x14.sendonce.v1.ReceiptR\areceipt\"p\n" +
+	"\areceipt\x18\t \x01(\v2\x14.sendonce.v1.ReceiptR\areceipt\x12'\n" +
+	"\x0fidempotency_key\x18\n" +
+	" \x01(\tR\x0eidempotencyKey\"p\n" +
 	"\x13AttemptCountRequest\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x18\n" +
 	"\achannel\x18\x02 \x01(\tR\achannel\x12-\n" +
@@ -1270,7 +1294,7 @@ const file_sendonce_v1_delivery_proto_rawDesc = "" +
 	"start_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
 	"\bduration\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\bduration\x122\n" +
 	"\x06result\x18\x04 \x01(\x0e2\x1a.sendonce.v1.AttemptResultR\x06result\x12\x14\n" +
-	"\x05error\x18\x05 \x01(\tR\x05error\"\xbd\x03\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\"\xe6\x03\n" +
 	"\x14AttemptCountResponse\x12#\n" +
 	"\rattempts_used\x18\x01 \x01(\rR\fattemptsUsed\x12!\n" +
 	"\fmax_attempts\x18\x02 \x01(\rR\vmaxAttempts\x12\x1c\n" +
@@ -1286,7 +1310,8 @@ const file_sendonce_v1_delivery_proto_rawDesc = "" +
 	"\x05found\x18\n" +
 	" \x01(\bR\x05found\x12\x18\n" +
 	"\acleared\x18\v \x01(\bR\acleared\x123\n" +
-	"\acircuit\x18\f \x01(\x0e2\x19.sendonce.v1.CircuitStateR\acircuit\"R\n" +
+	"\acircuit\x18\f \x01(\x0e2\x19.sendonce.v1.CircuitStateR\acircuit\x12'\n" +
+	"\x0fidempotency_key\x18\r \x01(\tR\x0eidempotencyKey\"R\n" +
 	"\fClearRequest\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x1a\n" +
 	"\bchannels\x18\x02 \x03(\tR\bchannels\x12\x14\n" +

@@ -450,6 +450,7 @@ class DeliverResponse(_message.Message):
     SHARED_FIELD_NUMBER: _builtins.int
     FINAL_FIELD_NUMBER: _builtins.int
     RECEIPT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     outcome: Global___Outcome.ValueType
     """What happened; never OUTCOME_UNSPECIFIED."""
     attempt: _builtins.int
@@ -476,6 +477,12 @@ class DeliverResponse(_message.Message):
     """
     final: _builtins.bool
     """True when nothing more will ever be sent for the key (delivered, permanent, exhausted)."""
+    idempotency_key: _builtins.str
+    """The idempotency key the receiver sees for this (uid, channel) on every attempt (e.g. the
+    webhook's Idempotency-Key and webhook-id headers, PagerDuty's dedup_key, the email's
+    Message-ID): "msg_" and 32 hex digits, the same across attempts, replicas and restarts.
+    Use it to find the notification on the receiver's side.
+    """
     @_builtins.property
     def retry_after(self) -> _duration_pb2.Duration:
         """How long to wait before the next attempt may start: set with FAILED and RETRY_LATER (the
@@ -499,10 +506,11 @@ class DeliverResponse(_message.Message):
         shared: _builtins.bool = ...,
         final: _builtins.bool = ...,
         receipt: Global___Receipt | None = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["receipt", b"receipt", "retry_after", b"retry_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts_used", b"attempts_used", "final", b"final", "last_error", b"last_error", "max_attempts", b"max_attempts", "outcome", b"outcome", "receipt", b"receipt", "retry_after", b"retry_after", "shared", b"shared"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts_used", b"attempts_used", "final", b"final", "idempotency_key", b"idempotency_key", "last_error", b"last_error", "max_attempts", b"max_attempts", "outcome", b"outcome", "receipt", b"receipt", "retry_after", b"retry_after", "shared", b"shared"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -598,6 +606,7 @@ class AttemptCountResponse(_message.Message):
     FOUND_FIELD_NUMBER: _builtins.int
     CLEARED_FIELD_NUMBER: _builtins.int
     CIRCUIT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     attempts_used: _builtins.int
     """Attempts used for the key: max(the sidecar's count, persisted_attempts); with found false,
     persisted_attempts itself.
@@ -626,6 +635,10 @@ class AttemptCountResponse(_message.Message):
     """
     circuit: Global___CircuitState.ValueType
     """The channel's circuit breaker in this sidecar process."""
+    idempotency_key: _builtins.str
+    """The idempotency key the receiver sees for this key, as in DeliverResponse; set whether or
+    not the sidecar holds a record.
+    """
     @_builtins.property
     def retry_after(self) -> _duration_pb2.Duration:
         """How long until the next attempt may start; unset when one may start now, one is running,
@@ -654,10 +667,11 @@ class AttemptCountResponse(_message.Message):
         found: _builtins.bool = ...,
         cleared: _builtins.bool = ...,
         circuit: Global___CircuitState.ValueType = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["retry_after", b"retry_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts_used", b"attempts_used", "circuit", b"circuit", "cleared", b"cleared", "final", b"final", "found", b"found", "history", b"history", "in_flight", b"in_flight", "last_error", b"last_error", "max_attempts", b"max_attempts", "remaining", b"remaining", "retry_after", b"retry_after", "succeeded", b"succeeded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts_used", b"attempts_used", "circuit", b"circuit", "cleared", b"cleared", "final", b"final", "found", b"found", "history", b"history", "idempotency_key", b"idempotency_key", "in_flight", b"in_flight", "last_error", b"last_error", "max_attempts", b"max_attempts", "remaining", b"remaining", "retry_after", b"retry_after", "succeeded", b"succeeded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

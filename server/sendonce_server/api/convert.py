@@ -145,6 +145,7 @@ def deliver_response(result: DeliveryResult) -> pb.DeliverResponse:
         shared=result.shared,
         final=result.final,
         receipt=_receipt(result.receipt),
+        idempotency_key=result.idempotency_key,
     )
 
 
@@ -178,6 +179,7 @@ def attempt_count_response(state: KeyState) -> pb.AttemptCountResponse:
         found=state.found,
         cleared=state.cleared,
         circuit=_CIRCUIT[state.circuit],
+        idempotency_key=state.idempotency_key,
     )
 
 

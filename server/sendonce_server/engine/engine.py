@@ -142,7 +142,8 @@ class Engine:
         """
         result = await self._deliver(key, notification, policy, persisted_attempts, timeout)
         self.observer.answered(key.channel, result)
-        return result
+        # Set here, once per answer, rather than in every path that builds one.
+        return replace(result, idempotency_key=key.idempotency_key)
 
     async def _deliver(
         self,
@@ -206,7 +207,11 @@ class Engine:
         state = decisions.state_of(
             record, persisted_attempts, receiver.policy.max_attempts, self.clock.now()
         )
-        return replace(state, circuit=self.breakers[receiver.name].state)
+        return replace(
+            state,
+            circuit=self.breakers[receiver.name].state,
+            idempotency_key=key.idempotency_key,
+        )
 
     async def clear(
         self, uid: str, channels: Sequence[str] = (), force: bool = False

@@ -189,6 +189,8 @@ class DeliveryResult:
     shared: bool = False
     final: bool = False
     receipt: Receipt | None = None
+    # What the receiver sees as the key's idempotency key (Key.idempotency_key).
+    idempotency_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +208,8 @@ class KeyState:
     history: tuple[AttemptEntry, ...] = ()
     cleared: bool = False
     circuit: CircuitState = CircuitState.CLOSED
+    # What the receiver sees as the key's idempotency key (Key.idempotency_key).
+    idempotency_key: str = ""
 
     @property
     def remaining(self) -> int:
