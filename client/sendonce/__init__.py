@@ -35,6 +35,7 @@ from sendonce.types import (
     Outcome,
     Priority,
     Receipt,
+    Receiver,
     RetryPolicy,
 )
 
@@ -58,6 +59,7 @@ __all__ = [
     "PermissionDenied",
     "Priority",
     "Receipt",
+    "Receiver",
     "ResourceExhausted",
     "RetryPolicy",
     "SendonceError",

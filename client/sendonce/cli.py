@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sendonce.client import ADDRESS_ENV, DEFAULT_ADDRESS, Client, SendonceError
@@ -24,12 +25,31 @@ from sendonce.types import (
     Link,
     Notification,
     Priority,
+    Receiver,
     RetryPolicy,
 )
 
 TOKEN_ENV = "SENDONCE_TOKEN"  # noqa: S105 (the variable's name, not a secret)
 
-Result = DeliverResult | AttemptCountResult | ClearResult
+
+@dataclass(frozen=True, slots=True)
+class Receivers:
+    """The answer of `sendonce receivers`."""
+
+    receivers: tuple[Receiver, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UidAttempts:
+    """The answer of `sendonce attempts UID` without a channel: each channel with a record."""
+
+    uid: str
+    channels: Mapping[str, AttemptCountResult]
+    #: Every configured receiver, also those without a record of the uid.
+    configured: tuple[str, ...]
+
+
+Result = DeliverResult | AttemptCountResult | ClearResult | Receivers | UidAttempts
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,10 +100,23 @@ def _deliver(client: Client, args: argparse.Namespace) -> DeliverResult:
     )
 
 
-def _attempts(client: Client, args: argparse.Namespace) -> AttemptCountResult:
-    return client.attempt_count(
-        args.uid, args.channel, persisted_attempts=args.persisted_attempts, timeout=args.timeout
-    )
+def _attempts(client: Client, args: argparse.Namespace) -> AttemptCountResult | UidAttempts:
+    if args.channel is not None:
+        return client.attempt_count(
+            args.uid, args.channel, persisted_attempts=args.persisted_attempts, timeout=args.timeout
+        )
+    # Every configured receiver, asked one by one: the list is bounded by the receivers file.
+    names = tuple(receiver.name for receiver in client.list_receivers(timeout=args.timeout))
+    channels = {}
+    for name in names:
+        state = client.attempt_count(args.uid, name, timeout=args.timeout)
+        if state.found:
+            channels[name] = state
+    return UidAttempts(args.uid, channels, names)
+
+
+def _receivers(client: Client, args: argparse.Namespace) -> Receivers:
+    return Receivers(client.list_receivers(timeout=args.timeout))
 
 
 def _clear(client: Client, args: argparse.Namespace) -> ClearResult:
@@ -134,11 +167,21 @@ def _parser() -> argparse.ArgumentParser:
     deliver.add_argument("--jitter", type=float, metavar="FRACTION")
     deliver.add_argument("--persisted-attempts", type=_count, default=0, metavar="N")
 
-    attempts = commands.add_parser("attempts", help="show the state and history of a key")
+    attempts = commands.add_parser(
+        "attempts",
+        help="show the state and history of a key (of every channel of the uid without CHANNEL)",
+    )
     attempts.set_defaults(command=_attempts)
     attempts.add_argument("uid")
-    attempts.add_argument("channel")
-    attempts.add_argument("--persisted-attempts", type=_count, default=0, metavar="N")
+    attempts.add_argument("channel", nargs="?")
+    attempts.add_argument(
+        "--persisted-attempts", type=_count, default=0, metavar="N", help="with CHANNEL only"
+    )
+
+    receivers = commands.add_parser(
+        "receivers", help="list the receivers: type, circuit breaker, attempt counts"
+    )
+    receivers.set_defaults(command=_receivers)
 
     clear = commands.add_parser("clear", help="forget a notification (all channels by default)")
     clear.set_defaults(command=_clear)
@@ -148,7 +191,7 @@ def _parser() -> argparse.ArgumentParser:
 
     # The common options also work after the command (`sendonce attempts u c --json`); SUPPRESS
     # keeps a subcommand from overwriting a value given before it.
-    for sub in (deliver, attempts, clear):
+    for sub in (deliver, attempts, receivers, clear):
         _add_common(sub, suppress=True)
     return parser
 
@@ -244,6 +287,10 @@ def render(result: Result) -> str:
         return _render_deliver(result)
     if isinstance(result, AttemptCountResult):
         return _render_attempts(result)
+    if isinstance(result, UidAttempts):
+        return _render_uid_attempts(result)
+    if isinstance(result, Receivers):
+        return _render_receivers(result)
     return _render_clear(result)
 
 
@@ -307,12 +354,51 @@ def _render_attempts(result: AttemptCountResult) -> str:
             )
             for attempt in result.history
         ]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        lines += [
-            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-            for row in rows
-        ]
+        lines.append(_table(rows))
     return "\n".join(lines)
+
+
+def _render_uid_attempts(result: UidAttempts) -> str:
+    if not result.channels:
+        configured = ", ".join(result.configured) or "none"
+        return f"not found on any channel (configured: {configured})"
+    blocks = []
+    for channel, state in result.channels.items():
+        lines = _render_attempts(state).splitlines()
+        blocks.append("\n".join([f"{channel}: {lines[0]}", *(f"  {line}" for line in lines[1:])]))
+    return "\n".join(blocks)
+
+
+def _render_receivers(result: Receivers) -> str:
+    rows = [
+        ("name", "type", "circuit", "failures", "in flight", "started", "ok", "failed", "permanent")
+    ]
+    for receiver in result.receivers:
+        circuit = receiver.circuit.value.replace("_", "-")
+        if receiver.circuit_retry_after is not None:
+            circuit += f" (probe in {_duration(receiver.circuit_retry_after)})"
+        rows.append(
+            (
+                receiver.name,
+                receiver.type,
+                circuit,
+                str(receiver.consecutive_failures),
+                str(receiver.attempts_in_flight),
+                str(receiver.attempts_started),
+                str(receiver.attempts_succeeded),
+                str(receiver.attempts_failed),
+                str(receiver.attempts_failed_permanent),
+            )
+        )
+    return _table(rows)
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
 
 
 def _render_clear(result: ClearResult) -> str:

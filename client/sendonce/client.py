@@ -2,8 +2,8 @@
 
 Both have the same methods, arguments and result types; only `await` differs. Every call has a
 deadline, and gRPC's built-in retry (configured through the channel's service config, never by
-hand) repeats calls that fail with UNAVAILABLE. That is safe for all three methods: Deliver is
-idempotent by design, AttemptCount only reads and Clear converges.
+hand) repeats calls that fail with UNAVAILABLE. That is safe for every method: Deliver is
+idempotent by design, Clear converges, and the others only read.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from sendonce.types import (
     ClearResult,
     DeliverResult,
     Notification,
+    Receiver,
     RetryPolicy,
     attempt_count_request_to_pb,
     attempt_count_result_from_pb,
@@ -30,6 +31,8 @@ from sendonce.types import (
     clear_result_from_pb,
     deliver_request_to_pb,
     deliver_result_from_pb,
+    list_receivers_request_to_pb,
+    receivers_from_pb,
 )
 from sendonce.v1 import delivery_pb2_grpc
 
@@ -331,6 +334,28 @@ class Client(_ClientBase):
             raise _error_from_rpc(error) from error
         return clear_result_from_pb(response)
 
+    def list_receivers(self, *, timeout: float | None = None) -> tuple[Receiver, ...]:
+        """The configured receivers, by name: type, circuit breaker and attempt counts.
+
+        Counts are of the attempts the answering sidecar process made since it started. No
+        receiver setting (URL, token, address) is ever part of the answer.
+
+        Args:
+            timeout: deadline in seconds; defaults to the client's timeout.
+
+        Raises:
+            SendonceError: a subclass per gRPC status.
+        """
+        try:
+            response = self._stub.ListReceivers(
+                list_receivers_request_to_pb(),
+                timeout=_or(timeout, self.timeout),
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as error:
+            raise _error_from_rpc(error) from error
+        return receivers_from_pb(response)
+
     def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
         self._channel.close()
@@ -430,6 +455,18 @@ class AsyncClient(_ClientBase):
         except grpc.RpcError as error:
             raise _error_from_rpc(error) from error
         return clear_result_from_pb(response)
+
+    async def list_receivers(self, *, timeout: float | None = None) -> tuple[Receiver, ...]:
+        """The configured receivers; see `Client.list_receivers`."""
+        try:
+            response = await self._stub.ListReceivers(
+                list_receivers_request_to_pb(),
+                timeout=_or(timeout, self.timeout),
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as error:
+            raise _error_from_rpc(error) from error
+        return receivers_from_pb(response)
 
     async def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""

@@ -27,6 +27,7 @@ __all__ = [
     "Outcome",
     "Priority",
     "Receipt",
+    "Receiver",
     "RetryPolicy",
 ]
 
@@ -207,6 +208,32 @@ class ClearResult:
     running_channels: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Receiver:
+    """A configured receiver as the answering sidecar process sees it (never its settings).
+
+    The counts are of the attempts that process made since it started.
+    """
+
+    name: str
+    #: The channel type, e.g. "webhook".
+    type: str
+    circuit: CircuitState
+    #: While the circuit is open: how long until a probe may go through.
+    circuit_retry_after: timedelta | None = None
+    #: Retryable failures in a row; the breaker opens at its configured threshold.
+    consecutive_failures: int = 0
+    #: The attempt budget per key when a request sets none.
+    max_attempts: int = 0
+    attempts_started: int = 0
+    #: Attempts still waiting for the receiver's answer.
+    attempts_in_flight: int = 0
+    attempts_succeeded: int = 0
+    #: Retryable failures, timeouts included.
+    attempts_failed: int = 0
+    attempts_failed_permanent: int = 0
+
+
 # --- protobuf conversions (not public) ---------------------------------------------------------
 
 # Built from the member names, so a member missing from the proto fails at import, not at runtime.
@@ -357,4 +384,33 @@ def clear_result_from_pb(message: delivery_pb2.ClearResponse) -> ClearResult:
     return ClearResult(
         cleared_channels=tuple(message.cleared_channels),
         running_channels=tuple(message.running_channels),
+    )
+
+
+def list_receivers_request_to_pb() -> delivery_pb2.ListReceiversRequest:
+    """The wire form of a ListReceivers call."""
+    return delivery_pb2.ListReceiversRequest()
+
+
+def receivers_from_pb(message: delivery_pb2.ListReceiversResponse) -> tuple[Receiver, ...]:
+    """Typed Receivers from the wire."""
+    return tuple(
+        Receiver(
+            name=receiver.name,
+            type=receiver.type,
+            circuit=_CIRCUIT_FROM_PB.get(receiver.circuit, CircuitState.UNKNOWN),
+            circuit_retry_after=(
+                receiver.circuit_retry_after.ToTimedelta()
+                if receiver.HasField("circuit_retry_after")
+                else None
+            ),
+            consecutive_failures=receiver.consecutive_failures,
+            max_attempts=receiver.max_attempts,
+            attempts_started=receiver.attempts_started,
+            attempts_in_flight=receiver.attempts_in_flight,
+            attempts_succeeded=receiver.attempts_succeeded,
+            attempts_failed=receiver.attempts_failed,
+            attempts_failed_permanent=receiver.attempts_failed_permanent,
+        )
+        for receiver in message.receivers
     )

@@ -100,7 +100,11 @@ def build_receivers(config: ReceiversFile) -> list[Receiver]:
             raise ConfigError(f"receiver {receiver.name!r}: {error}") from None
         receivers.append(
             Receiver(
-                receiver.name, channel, config.policy_for(receiver), receiver.breaker.settings()
+                receiver.name,
+                channel,
+                config.policy_for(receiver),
+                receiver.breaker.settings(),
+                kind=receiver.type,
             )
         )
     return receivers

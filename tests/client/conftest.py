@@ -26,6 +26,7 @@ from sendonce import (
     Client,
     DeliverResult,
     Notification,
+    Receiver,
 )
 from sendonce.v1 import delivery_pb2, delivery_pb2_grpc
 
@@ -50,6 +51,7 @@ class FakeServicer(delivery_pb2_grpc.DeliveryServiceServicer):
         self.deliver_response = delivery_pb2.DeliverResponse()
         self.attempt_count_response = delivery_pb2.AttemptCountResponse()
         self.clear_response = delivery_pb2.ClearResponse()
+        self.list_receivers_response = delivery_pb2.ListReceiversResponse()
         # Served one per call, before any answer: e.g. two UNAVAILABLE then the response.
         self.aborts: list[tuple[grpc.StatusCode, str]] = []
         # Never answer: the client's deadline has to end the call.
@@ -80,6 +82,12 @@ class FakeServicer(delivery_pb2_grpc.DeliveryServiceServicer):
     ) -> delivery_pb2.ClearResponse:
         await self._serve("Clear", request, context)
         return self.clear_response
+
+    async def ListReceivers(
+        self, request: delivery_pb2.ListReceiversRequest, context: Context
+    ) -> delivery_pb2.ListReceiversResponse:
+        await self._serve("ListReceivers", request, context)
+        return self.list_receivers_response
 
     async def _serve(self, method: str, request: Message, context: Context) -> None:
         metadata = {key: value for key, value in context.invocation_metadata() or ()}
@@ -171,6 +179,11 @@ class Twin:
         if isinstance(self.client, AsyncClient):
             return await self.client.clear(uid, channels, **kwargs)
         return self.client.clear(uid, channels, **kwargs)
+
+    async def list_receivers(self, **kwargs: Any) -> tuple[Receiver, ...]:
+        if isinstance(self.client, AsyncClient):
+            return await self.client.list_receivers(**kwargs)
+        return self.client.list_receivers(**kwargs)
 
 
 Connect = Callable[..., Twin]

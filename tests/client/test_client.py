@@ -16,6 +16,7 @@ from sendonce import (
     Attempt,
     AttemptResult,
     Cancelled,
+    CircuitState,
     Client,
     DeadlineExceeded,
     InvalidArgument,
@@ -27,6 +28,7 @@ from sendonce import (
     PermissionDenied,
     Priority,
     Receipt,
+    Receiver,
     ResourceExhausted,
     RetryPolicy,
     SendonceError,
@@ -225,6 +227,47 @@ async def test_clear_result_is_typed(twin: Twin, server: RunningServer) -> None:
     result = await twin.clear("uid-1")
     assert result.cleared_channels == ("ops", "mail")
     assert result.running_channels == ("pager",)
+
+
+async def test_list_receivers_result_is_typed(twin: Twin, server: RunningServer) -> None:
+    server.servicer.list_receivers_response = delivery_pb2.ListReceiversResponse(
+        receivers=[
+            delivery_pb2.Receiver(
+                name="hook",
+                type="webhook",
+                circuit=delivery_pb2.CIRCUIT_STATE_OPEN,
+                circuit_retry_after=duration_pb2.Duration(seconds=42),
+                consecutive_failures=5,
+                max_attempts=7,
+                attempts_started=9,
+                attempts_in_flight=1,
+                attempts_succeeded=2,
+                attempts_failed=5,
+                attempts_failed_permanent=1,
+            ),
+            delivery_pb2.Receiver(
+                name="ops", type="slack", circuit=delivery_pb2.CircuitState.ValueType(99)
+            ),
+        ]
+    )
+
+    hook, ops = await twin.list_receivers(timeout=3)
+
+    assert hook == Receiver(
+        name="hook",
+        type="webhook",
+        circuit=CircuitState.OPEN,
+        circuit_retry_after=timedelta(seconds=42),
+        consecutive_failures=5,
+        max_attempts=7,
+        attempts_started=9,
+        attempts_in_flight=1,
+        attempts_succeeded=2,
+        attempts_failed=5,
+        attempts_failed_permanent=1,
+    )
+    assert (ops.name, ops.circuit, ops.circuit_retry_after) == ("ops", CircuitState.UNKNOWN, None)
+    assert_deadline(server.servicer.calls[-1].time_remaining, 3)
 
 
 # .keys(): the generated enum wrappers are not dicts, so iterating them does not work.

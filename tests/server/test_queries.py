@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+
+import pytest
 
 from sendonce import AsyncClient, Notification
+from sendonce.cli import main
 from sendonce.v1 import delivery_pb2 as pb
 from tests.server.conftest import StartSidecar
 from tests.server.test_deliver import NOTE, deliver, webhook
@@ -62,3 +67,123 @@ async def test_attempt_count_of_an_unknown_key_names_the_key_it_would_send(
     assert not before.found
     assert before.idempotency_key == http_receiver.requests[0].headers["idempotency-key"]
     assert other.idempotency_key not in ("", before.idempotency_key)
+
+
+SIGNING_SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
+PATH_TOKEN = "T0KEN-in-the-path-5c4b3a"
+
+
+async def test_list_receivers_shows_breakers_and_counts_and_never_a_secret(
+    start_sidecar: StartSidecar,
+    http_receiver: HttpReceiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HOOK_URL", f"{http_receiver.url}/hooks/{PATH_TOKEN}")
+    monkeypatch.setenv("HOOK_SIGNING_SECRET", SIGNING_SECRET)
+    hook = {
+        "url_secret": {"env": "HOOK_URL"},
+        "signing_secret": {"env": "HOOK_SIGNING_SECRET"},
+        "headers": {"X-Team": "ops"},
+    }
+    sidecar = await start_sidecar(
+        {
+            "receivers": [
+                {"name": "plain", "type": "webhook", "settings": {"url": http_receiver.url}},
+                {
+                    "name": "hook",
+                    "type": "webhook",
+                    "retry": {"max_attempts": 7},
+                    "breaker": {"failures": 2, "open_seconds": 60},
+                    "settings": hook,
+                },
+                {"name": "nothing", "type": "noop"},
+            ]
+        }
+    )
+    http_receiver.respond(503)
+    await sidecar.stub.Deliver(deliver("uid-1"))
+    await sidecar.stub.Deliver(deliver("uid-2"))
+    http_receiver.respond(400)
+    await sidecar.stub.Deliver(deliver("uid-3", channel="plain"))
+    http_receiver.respond(200)
+    http_receiver.hold()
+    running = asyncio.ensure_future(sidecar.stub.Deliver(deliver("uid-4", channel="plain")))
+    await http_receiver.wait_for_hits(4)
+
+    listed = await sidecar.stub.ListReceivers(pb.ListReceiversRequest())
+    http_receiver.release()
+    await running
+    after = await sidecar.stub.ListReceivers(pb.ListReceiversRequest())
+
+    assert [r.name for r in listed.receivers] == ["hook", "nothing", "plain"]
+    hook_state, nothing, plain = listed.receivers
+    assert (hook_state.type, nothing.type, plain.type) == ("webhook", "noop", "webhook")
+    assert (hook_state.circuit, hook_state.consecutive_failures) == (pb.CIRCUIT_STATE_OPEN, 2)
+    assert 0 < hook_state.circuit_retry_after.ToTimedelta().total_seconds() <= 60
+    assert (hook_state.attempts_started, hook_state.attempts_failed) == (2, 2)
+    assert (hook_state.max_attempts, plain.max_attempts) == (7, 5)
+    assert (plain.circuit, plain.HasField("circuit_retry_after")) == (
+        pb.CIRCUIT_STATE_CLOSED,
+        False,
+    )
+    assert (plain.attempts_started, plain.attempts_in_flight) == (2, 1)
+    assert (plain.attempts_failed_permanent, plain.attempts_succeeded) == (1, 0)
+    assert nothing.attempts_started == 0
+    done = after.receivers[2]
+    assert (done.attempts_in_flight, done.attempts_succeeded) == (0, 1)
+
+    # Nothing of any receiver's settings: not the URL (nor its secret path), the signing
+    # secret, nor a header.
+    signing_key = SIGNING_SECRET.removeprefix("whsec_")
+    for answer in (listed, after):
+        shown = str(answer) + answer.SerializeToString().decode("latin-1")
+        for secret in (PATH_TOKEN, SIGNING_SECRET, signing_key, "X-Team", http_receiver.url):
+            assert secret not in shown
+
+
+async def test_cli_receivers_and_attempts_of_every_channel_of_a_uid(
+    start_sidecar: StartSidecar, http_receiver: HttpReceiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sidecar = await start_sidecar(
+        {
+            "receivers": [
+                {"name": "hook", "type": "webhook", "settings": {"url": http_receiver.url}},
+                {"name": "ops", "type": "webhook", "settings": {"url": http_receiver.url}},
+                {"name": "quiet", "type": "noop"},
+            ]
+        }
+    )
+    http_receiver.respond(503)
+    await sidecar.stub.Deliver(deliver("uid-1", channel="hook"))
+    http_receiver.respond(200)
+    await sidecar.stub.Deliver(deliver("uid-1", channel="ops"))
+    await sidecar.stub.Deliver(deliver("uid-2", channel="ops"))
+
+    def cli(*args: str) -> str:
+        assert main(["--address", sidecar.address, *args]) == 0
+        return capsys.readouterr().out
+
+    # The blocking CLI runs in a thread: the sidecar serves on this test's event loop.
+    receivers = await asyncio.to_thread(cli, "receivers")
+    both = await asyncio.to_thread(cli, "attempts", "uid-1")
+    as_json = json.loads(await asyncio.to_thread(cli, "attempts", "uid-1", "--json"))
+    unknown = await asyncio.to_thread(cli, "attempts", "uid-9")
+
+    assert receivers.splitlines() == [
+        "name   type     circuit  failures  in flight  started  ok  failed  permanent",
+        "hook   webhook  closed   1         0          1        0   1       0",
+        "ops    webhook  closed   0         0          2        2   0       0",
+        "quiet  noop     closed   0         0          0        0   0       0",
+    ]
+    lines = both.splitlines()
+    assert lines[0] == "hook: open: 1 of 5 attempts used, 4 remaining"
+    assert lines[1].startswith("  idempotency key: msg_")
+    assert lines[2].startswith("  retry after: ")
+    assert lines[3] == "  last error: HTTP 503 Service Unavailable"
+    assert lines[5].split()[4:] == ["failed", "HTTP", "503", "Service", "Unavailable"]
+    assert lines[6] == "ops: delivered: 1 of 5 attempts used, 0 remaining"
+    assert len(lines) == 10  # ops: idempotency key, the table heading and one attempt
+    assert sorted(as_json["channels"]) == ["hook", "ops"]
+    assert as_json["channels"]["ops"]["succeeded"] is True
+    assert as_json["configured"] == ["hook", "ops", "quiet"]
+    assert unknown == "not found on any channel (configured: hook, ops, quiet)\n"

@@ -36,8 +36,8 @@ const (
 )
 
 // retryServiceConfig lets gRPC itself retry calls that fail with UNAVAILABLE: up to 5 tries,
-// 0.1 s to 2 s apart, within the call's deadline. Safe for all three methods: Deliver is
-// idempotent, AttemptCount only reads and Clear converges.
+// 0.1 s to 2 s apart, within the call's deadline. Safe for every method: Deliver is
+// idempotent, Clear converges and the others only read.
 const retryServiceConfig = `{
   "methodConfig": [{
     "name": [{"service": "sendonce.v1.DeliveryService"}],
@@ -62,7 +62,7 @@ type Options struct {
 	TLS *tls.Config
 	// DeliverTimeout bounds a Deliver whose context has no deadline (default 30 s).
 	DeliverTimeout time.Duration
-	// Timeout bounds AttemptCount and Clear calls whose context has no deadline (default 5 s).
+	// Timeout bounds the calls other than Deliver whose context has no deadline (default 5 s).
 	Timeout time.Duration
 	// DialOptions are appended to the client's own (e.g. interceptors).
 	DialOptions []grpc.DialOption
@@ -182,6 +182,19 @@ func (c *Client) Clear(
 		return nil, wrap(err)
 	}
 	return response, nil
+}
+
+// ListReceivers lists the configured receivers by name: type, circuit breaker and the
+// attempts the answering sidecar process made through each since it started. It never shows
+// a receiver's settings (URLs, tokens, addresses).
+func (c *Client) ListReceivers(ctx context.Context) ([]*sendoncev1.Receiver, error) {
+	ctx, cancel := withDefaultTimeout(ctx, c.timeout)
+	defer cancel()
+	response, err := c.stub.ListReceivers(ctx, &sendoncev1.ListReceiversRequest{})
+	if err != nil {
+		return nil, wrap(err)
+	}
+	return response.GetReceivers(), nil
 }
 
 func withDefaultTimeout(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {

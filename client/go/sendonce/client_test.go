@@ -199,6 +199,29 @@ func TestDeliverOnceThenAlreadyDelivered(t *testing.T) {
 	}
 }
 
+func TestListReceivers(t *testing.T) {
+	s := startSidecar(t)
+	client := dial(t, sendonce.Options{Address: s.address})
+	ctx := context.Background()
+	if _, err := client.Deliver(ctx, uid(t), "console", note); err != nil {
+		t.Fatal(err)
+	}
+
+	receivers, err := client.ListReceivers(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(receivers) != 1 {
+		t.Fatalf("receivers: %v", receivers)
+	}
+	r := receivers[0]
+	if r.GetName() != "console" || r.GetType() != "console" ||
+		r.GetCircuit() != sendoncev1.CircuitState_CIRCUIT_STATE_CLOSED ||
+		r.GetAttemptsStarted() != 1 || r.GetAttemptsSucceeded() != 1 || r.GetMaxAttempts() != 5 {
+		t.Errorf("console: %v", r)
+	}
+}
+
 func TestPersistedAttemptsCount(t *testing.T) {
 	s := startSidecar(t)
 	client := dial(t, sendonce.Options{Address: s.address})

@@ -1231,6 +1231,228 @@ func (x *ClearResponse) GetRunningChannels() []string {
 	return nil
 }
 
+// ListReceiversRequest asks for every configured receiver. The list is bounded by the
+// receivers file, so it has no pagination.
+type ListReceiversRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListReceiversRequest) Reset() {
+	*x = ListReceiversRequest{}
+	mi := &file_sendonce_v1_delivery_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListReceiversRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListReceiversRequest) ProtoMessage() {}
+
+func (x *ListReceiversRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sendonce_v1_delivery_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListReceiversRequest.ProtoReflect.Descriptor instead.
+func (*ListReceiversRequest) Descriptor() ([]byte, []int) {
+	return file_sendonce_v1_delivery_proto_rawDescGZIP(), []int{11}
+}
+
+// ListReceiversResponse lists the configured receivers, ordered by name.
+type ListReceiversResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every configured receiver, ordered by name.
+	Receivers     []*Receiver `protobuf:"bytes,1,rep,name=receivers,proto3" json:"receivers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListReceiversResponse) Reset() {
+	*x = ListReceiversResponse{}
+	mi := &file_sendonce_v1_delivery_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListReceiversResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListReceiversResponse) ProtoMessage() {}
+
+func (x *ListReceiversResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sendonce_v1_delivery_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListReceiversResponse.ProtoReflect.Descriptor instead.
+func (*ListReceiversResponse) Descriptor() ([]byte, []int) {
+	return file_sendonce_v1_delivery_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ListReceiversResponse) GetReceivers() []*Receiver {
+	if x != nil {
+		return x.Receivers
+	}
+	return nil
+}
+
+// Receiver is one configured receiver as this sidecar process sees it. Counts start at zero
+// when the process starts and are per process: each replica counts its own attempts.
+type Receiver struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The receiver's name, as used in DeliverRequest.channel.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The receiver's channel type (e.g. "webhook", "slack", "email").
+	Type string `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	// The receiver's circuit breaker in this sidecar process.
+	Circuit CircuitState `protobuf:"varint,3,opt,name=circuit,proto3,enum=sendonce.v1.CircuitState" json:"circuit,omitempty"`
+	// With circuit OPEN: how long until a probe may go through; unset otherwise.
+	CircuitRetryAfter *durationpb.Duration `protobuf:"bytes,4,opt,name=circuit_retry_after,json=circuitRetryAfter,proto3" json:"circuit_retry_after,omitempty"`
+	// Retryable failures in a row of this receiver's attempts; the breaker opens at its
+	// configured threshold (the receivers file's breaker.failures).
+	ConsecutiveFailures uint32 `protobuf:"varint,5,opt,name=consecutive_failures,json=consecutiveFailures,proto3" json:"consecutive_failures,omitempty"`
+	// The receiver's attempt budget per key when a request sets none (1 to 20).
+	MaxAttempts uint32 `protobuf:"varint,6,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
+	// Attempts this process started through the receiver.
+	AttemptsStarted uint64 `protobuf:"varint,7,opt,name=attempts_started,json=attemptsStarted,proto3" json:"attempts_started,omitempty"`
+	// Attempts of this process still waiting for the receiver's answer.
+	AttemptsInFlight uint32 `protobuf:"varint,8,opt,name=attempts_in_flight,json=attemptsInFlight,proto3" json:"attempts_in_flight,omitempty"`
+	// Attempts of this process that the receiver accepted.
+	AttemptsSucceeded uint64 `protobuf:"varint,9,opt,name=attempts_succeeded,json=attemptsSucceeded,proto3" json:"attempts_succeeded,omitempty"`
+	// Attempts of this process that failed with a retryable error (timeouts included).
+	AttemptsFailed uint64 `protobuf:"varint,10,opt,name=attempts_failed,json=attemptsFailed,proto3" json:"attempts_failed,omitempty"`
+	// Attempts of this process that failed with a permanent error.
+	AttemptsFailedPermanent uint64 `protobuf:"varint,11,opt,name=attempts_failed_permanent,json=attemptsFailedPermanent,proto3" json:"attempts_failed_permanent,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
+}
+
+func (x *Receiver) Reset() {
+	*x = Receiver{}
+	mi := &file_sendonce_v1_delivery_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Receiver) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Receiver) ProtoMessage() {}
+
+func (x *Receiver) ProtoReflect() protoreflect.Message {
+	mi := &file_sendonce_v1_delivery_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Receiver.ProtoReflect.Descriptor instead.
+func (*Receiver) Descriptor() ([]byte, []int) {
+	return file_sendonce_v1_delivery_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Receiver) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Receiver) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *Receiver) GetCircuit() CircuitState {
+	if x != nil {
+		return x.Circuit
+	}
+	return CircuitState_CIRCUIT_STATE_UNSPECIFIED
+}
+
+func (x *Receiver) GetCircuitRetryAfter() *durationpb.Duration {
+	if x != nil {
+		return x.CircuitRetryAfter
+	}
+	return nil
+}
+
+func (x *Receiver) GetConsecutiveFailures() uint32 {
+	if x != nil {
+		return x.ConsecutiveFailures
+	}
+	return 0
+}
+
+func (x *Receiver) GetMaxAttempts() uint32 {
+	if x != nil {
+		return x.MaxAttempts
+	}
+	return 0
+}
+
+func (x *Receiver) GetAttemptsStarted() uint64 {
+	if x != nil {
+		return x.AttemptsStarted
+	}
+	return 0
+}
+
+func (x *Receiver) GetAttemptsInFlight() uint32 {
+	if x != nil {
+		return x.AttemptsInFlight
+	}
+	return 0
+}
+
+func (x *Receiver) GetAttemptsSucceeded() uint64 {
+	if x != nil {
+		return x.AttemptsSucceeded
+	}
+	return 0
+}
+
+func (x *Receiver) GetAttemptsFailed() uint64 {
+	if x != nil {
+		return x.AttemptsFailed
+	}
+	return 0
+}
+
+func (x *Receiver) GetAttemptsFailedPermanent() uint64 {
+	if x != nil {
+		return x.AttemptsFailedPermanent
+	}
+	return 0
+}
+
 var File_sendonce_v1_delivery_proto protoreflect.FileDescriptor
 
 const file_sendonce_v1_delivery_proto_rawDesc = "" +
@@ -1318,7 +1540,23 @@ const file_sendonce_v1_delivery_proto_rawDesc = "" +
 	"\x05force\x18\x03 \x01(\bR\x05force\"e\n" +
 	"\rClearResponse\x12)\n" +
 	"\x10cleared_channels\x18\x01 \x03(\tR\x0fclearedChannels\x12)\n" +
-	"\x10running_channels\x18\x02 \x03(\tR\x0frunningChannels*u\n" +
+	"\x10running_channels\x18\x02 \x03(\tR\x0frunningChannels\"\x16\n" +
+	"\x14ListReceiversRequest\"L\n" +
+	"\x15ListReceiversResponse\x123\n" +
+	"\treceivers\x18\x01 \x03(\v2\x15.sendonce.v1.ReceiverR\treceivers\"\xf5\x03\n" +
+	"\bReceiver\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04type\x18\x02 \x01(\tR\x04type\x123\n" +
+	"\acircuit\x18\x03 \x01(\x0e2\x19.sendonce.v1.CircuitStateR\acircuit\x12I\n" +
+	"\x13circuit_retry_after\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x11circuitRetryAfter\x121\n" +
+	"\x14consecutive_failures\x18\x05 \x01(\rR\x13consecutiveFailures\x12!\n" +
+	"\fmax_attempts\x18\x06 \x01(\rR\vmaxAttempts\x12)\n" +
+	"\x10attempts_started\x18\a \x01(\x04R\x0fattemptsStarted\x12,\n" +
+	"\x12attempts_in_flight\x18\b \x01(\rR\x10attemptsInFlight\x12-\n" +
+	"\x12attempts_succeeded\x18\t \x01(\x04R\x11attemptsSucceeded\x12'\n" +
+	"\x0fattempts_failed\x18\n" +
+	" \x01(\x04R\x0eattemptsFailed\x12:\n" +
+	"\x19attempts_failed_permanent\x18\v \x01(\x04R\x17attemptsFailedPermanent*u\n" +
 	"\bPriority\x12\x18\n" +
 	"\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fPRIORITY_LOW\x10\x01\x12\x13\n" +
@@ -1346,11 +1584,12 @@ const file_sendonce_v1_delivery_proto_rawDesc = "" +
 	"\x18ATTEMPT_RESULT_SUCCEEDED\x10\x02\x12\x19\n" +
 	"\x15ATTEMPT_RESULT_FAILED\x10\x03\x12#\n" +
 	"\x1fATTEMPT_RESULT_FAILED_PERMANENT\x10\x04\x12\x1c\n" +
-	"\x18ATTEMPT_RESULT_ABANDONED\x10\x052\xec\x01\n" +
+	"\x18ATTEMPT_RESULT_ABANDONED\x10\x052\xc4\x02\n" +
 	"\x0fDeliveryService\x12D\n" +
 	"\aDeliver\x12\x1b.sendonce.v1.DeliverRequest\x1a\x1c.sendonce.v1.DeliverResponse\x12S\n" +
 	"\fAttemptCount\x12 .sendonce.v1.AttemptCountRequest\x1a!.sendonce.v1.AttemptCountResponse\x12>\n" +
-	"\x05Clear\x12\x19.sendonce.v1.ClearRequest\x1a\x1a.sendonce.v1.ClearResponseB\x91\x01\n" +
+	"\x05Clear\x12\x19.sendonce.v1.ClearRequest\x1a\x1a.sendonce.v1.ClearResponse\x12V\n" +
+	"\rListReceivers\x12!.sendonce.v1.ListReceiversRequest\x1a\".sendonce.v1.ListReceiversResponseB\x91\x01\n" +
 	"\x0fcom.sendonce.v1B\rDeliveryProtoP\x01Z<github.com/sendonce/sendonce/client/go/sendoncev1;sendoncev1\xa2\x02\x03SND\xaa\x02\vSendonce.V1\xca\x02\vSendonce\\V1\xea\x02\fSendonce::V1b\x06proto3"
 
 var (
@@ -1366,7 +1605,7 @@ func file_sendonce_v1_delivery_proto_rawDescGZIP() []byte {
 }
 
 var file_sendonce_v1_delivery_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_sendonce_v1_delivery_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_sendonce_v1_delivery_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_sendonce_v1_delivery_proto_goTypes = []any{
 	(Priority)(0),                 // 0: sendonce.v1.Priority
 	(Outcome)(0),                  // 1: sendonce.v1.Outcome
@@ -1383,40 +1622,48 @@ var file_sendonce_v1_delivery_proto_goTypes = []any{
 	(*AttemptCountResponse)(nil),  // 12: sendonce.v1.AttemptCountResponse
 	(*ClearRequest)(nil),          // 13: sendonce.v1.ClearRequest
 	(*ClearResponse)(nil),         // 14: sendonce.v1.ClearResponse
-	nil,                           // 15: sendonce.v1.Notification.MetadataEntry
-	nil,                           // 16: sendonce.v1.Receipt.DetailsEntry
-	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
+	(*ListReceiversRequest)(nil),  // 15: sendonce.v1.ListReceiversRequest
+	(*ListReceiversResponse)(nil), // 16: sendonce.v1.ListReceiversResponse
+	(*Receiver)(nil),              // 17: sendonce.v1.Receiver
+	nil,                           // 18: sendonce.v1.Notification.MetadataEntry
+	nil,                           // 19: sendonce.v1.Receipt.DetailsEntry
+	(*durationpb.Duration)(nil),   // 20: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
 }
 var file_sendonce_v1_delivery_proto_depIdxs = []int32{
 	0,  // 0: sendonce.v1.Notification.priority:type_name -> sendonce.v1.Priority
-	15, // 1: sendonce.v1.Notification.metadata:type_name -> sendonce.v1.Notification.MetadataEntry
+	18, // 1: sendonce.v1.Notification.metadata:type_name -> sendonce.v1.Notification.MetadataEntry
 	4,  // 2: sendonce.v1.Notification.links:type_name -> sendonce.v1.Link
-	17, // 3: sendonce.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
-	17, // 4: sendonce.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
-	16, // 5: sendonce.v1.Receipt.details:type_name -> sendonce.v1.Receipt.DetailsEntry
+	20, // 3: sendonce.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
+	20, // 4: sendonce.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
+	19, // 5: sendonce.v1.Receipt.details:type_name -> sendonce.v1.Receipt.DetailsEntry
 	5,  // 6: sendonce.v1.DeliverRequest.notification:type_name -> sendonce.v1.Notification
 	6,  // 7: sendonce.v1.DeliverRequest.retry_policy:type_name -> sendonce.v1.RetryPolicy
 	1,  // 8: sendonce.v1.DeliverResponse.outcome:type_name -> sendonce.v1.Outcome
-	17, // 9: sendonce.v1.DeliverResponse.retry_after:type_name -> google.protobuf.Duration
+	20, // 9: sendonce.v1.DeliverResponse.retry_after:type_name -> google.protobuf.Duration
 	7,  // 10: sendonce.v1.DeliverResponse.receipt:type_name -> sendonce.v1.Receipt
-	18, // 11: sendonce.v1.Attempt.start_time:type_name -> google.protobuf.Timestamp
-	17, // 12: sendonce.v1.Attempt.duration:type_name -> google.protobuf.Duration
+	21, // 11: sendonce.v1.Attempt.start_time:type_name -> google.protobuf.Timestamp
+	20, // 12: sendonce.v1.Attempt.duration:type_name -> google.protobuf.Duration
 	3,  // 13: sendonce.v1.Attempt.result:type_name -> sendonce.v1.AttemptResult
-	17, // 14: sendonce.v1.AttemptCountResponse.retry_after:type_name -> google.protobuf.Duration
+	20, // 14: sendonce.v1.AttemptCountResponse.retry_after:type_name -> google.protobuf.Duration
 	11, // 15: sendonce.v1.AttemptCountResponse.history:type_name -> sendonce.v1.Attempt
 	2,  // 16: sendonce.v1.AttemptCountResponse.circuit:type_name -> sendonce.v1.CircuitState
-	8,  // 17: sendonce.v1.DeliveryService.Deliver:input_type -> sendonce.v1.DeliverRequest
-	10, // 18: sendonce.v1.DeliveryService.AttemptCount:input_type -> sendonce.v1.AttemptCountRequest
-	13, // 19: sendonce.v1.DeliveryService.Clear:input_type -> sendonce.v1.ClearRequest
-	9,  // 20: sendonce.v1.DeliveryService.Deliver:output_type -> sendonce.v1.DeliverResponse
-	12, // 21: sendonce.v1.DeliveryService.AttemptCount:output_type -> sendonce.v1.AttemptCountResponse
-	14, // 22: sendonce.v1.DeliveryService.Clear:output_type -> sendonce.v1.ClearResponse
-	20, // [20:23] is the sub-list for method output_type
-	17, // [17:20] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	17, // 17: sendonce.v1.ListReceiversResponse.receivers:type_name -> sendonce.v1.Receiver
+	2,  // 18: sendonce.v1.Receiver.circuit:type_name -> sendonce.v1.CircuitState
+	20, // 19: sendonce.v1.Receiver.circuit_retry_after:type_name -> google.protobuf.Duration
+	8,  // 20: sendonce.v1.DeliveryService.Deliver:input_type -> sendonce.v1.DeliverRequest
+	10, // 21: sendonce.v1.DeliveryService.AttemptCount:input_type -> sendonce.v1.AttemptCountRequest
+	13, // 22: sendonce.v1.DeliveryService.Clear:input_type -> sendonce.v1.ClearRequest
+	15, // 23: sendonce.v1.DeliveryService.ListReceivers:input_type -> sendonce.v1.ListReceiversRequest
+	9,  // 24: sendonce.v1.DeliveryService.Deliver:output_type -> sendonce.v1.DeliverResponse
+	12, // 25: sendonce.v1.DeliveryService.AttemptCount:output_type -> sendonce.v1.AttemptCountResponse
+	14, // 26: sendonce.v1.DeliveryService.Clear:output_type -> sendonce.v1.ClearResponse
+	16, // 27: sendonce.v1.DeliveryService.ListReceivers:output_type -> sendonce.v1.ListReceiversResponse
+	24, // [24:28] is the sub-list for method output_type
+	20, // [20:24] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_sendonce_v1_delivery_proto_init() }
@@ -1431,7 +1678,7 @@ func file_sendonce_v1_delivery_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sendonce_v1_delivery_proto_rawDesc), len(file_sendonce_v1_delivery_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   13,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

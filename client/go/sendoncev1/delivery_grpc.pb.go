@@ -23,9 +23,10 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	DeliveryService_Deliver_FullMethodName      = "/sendonce.v1.DeliveryService/Deliver"
-	DeliveryService_AttemptCount_FullMethodName = "/sendonce.v1.DeliveryService/AttemptCount"
-	DeliveryService_Clear_FullMethodName        = "/sendonce.v1.DeliveryService/Clear"
+	DeliveryService_Deliver_FullMethodName       = "/sendonce.v1.DeliveryService/Deliver"
+	DeliveryService_AttemptCount_FullMethodName  = "/sendonce.v1.DeliveryService/AttemptCount"
+	DeliveryService_Clear_FullMethodName         = "/sendonce.v1.DeliveryService/Clear"
+	DeliveryService_ListReceivers_FullMethodName = "/sendonce.v1.DeliveryService/ListReceivers"
 )
 
 // DeliveryServiceClient is the client API for DeliveryService service.
@@ -48,6 +49,10 @@ type DeliveryServiceClient interface {
 	// gets ALREADY_DELIVERED or EXHAUSTED; force removes everything at once. It never cancels a
 	// running attempt.
 	Clear(ctx context.Context, in *ClearRequest, opts ...grpc.CallOption) (*ClearResponse, error)
+	// ListReceivers lists the configured receivers with their circuit breaker and the attempts
+	// this sidecar process made through each since it started. It never shows a receiver's
+	// settings (URLs, tokens, addresses): only its name and type.
+	ListReceivers(ctx context.Context, in *ListReceiversRequest, opts ...grpc.CallOption) (*ListReceiversResponse, error)
 }
 
 type deliveryServiceClient struct {
@@ -88,6 +93,16 @@ func (c *deliveryServiceClient) Clear(ctx context.Context, in *ClearRequest, opt
 	return out, nil
 }
 
+func (c *deliveryServiceClient) ListReceivers(ctx context.Context, in *ListReceiversRequest, opts ...grpc.CallOption) (*ListReceiversResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListReceiversResponse)
+	err := c.cc.Invoke(ctx, DeliveryService_ListReceivers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DeliveryServiceServer is the server API for DeliveryService service.
 // All implementations must embed UnimplementedDeliveryServiceServer
 // for forward compatibility.
@@ -108,6 +123,10 @@ type DeliveryServiceServer interface {
 	// gets ALREADY_DELIVERED or EXHAUSTED; force removes everything at once. It never cancels a
 	// running attempt.
 	Clear(context.Context, *ClearRequest) (*ClearResponse, error)
+	// ListReceivers lists the configured receivers with their circuit breaker and the attempts
+	// this sidecar process made through each since it started. It never shows a receiver's
+	// settings (URLs, tokens, addresses): only its name and type.
+	ListReceivers(context.Context, *ListReceiversRequest) (*ListReceiversResponse, error)
 	mustEmbedUnimplementedDeliveryServiceServer()
 }
 
@@ -126,6 +145,9 @@ func (UnimplementedDeliveryServiceServer) AttemptCount(context.Context, *Attempt
 }
 func (UnimplementedDeliveryServiceServer) Clear(context.Context, *ClearRequest) (*ClearResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Clear not implemented")
+}
+func (UnimplementedDeliveryServiceServer) ListReceivers(context.Context, *ListReceiversRequest) (*ListReceiversResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListReceivers not implemented")
 }
 func (UnimplementedDeliveryServiceServer) mustEmbedUnimplementedDeliveryServiceServer() {}
 func (UnimplementedDeliveryServiceServer) testEmbeddedByValue()                         {}
@@ -202,6 +224,24 @@ func _DeliveryService_Clear_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _DeliveryService_ListReceivers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListReceiversRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DeliveryServiceServer).ListReceivers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: DeliveryService_ListReceivers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DeliveryServiceServer).ListReceivers(ctx, req.(*ListReceiversRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // DeliveryService_ServiceDesc is the grpc.ServiceDesc for DeliveryService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -220,6 +260,10 @@ var DeliveryService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Clear",
 			Handler:    _DeliveryService_Clear_Handler,
+		},
+		{
+			MethodName: "ListReceivers",
+			Handler:    _DeliveryService_ListReceivers_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

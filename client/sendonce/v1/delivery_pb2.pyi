@@ -740,3 +740,114 @@ class ClearResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ClearResponse: _TypeAlias = ClearResponse  # noqa: Y015
+
+@_typing.final
+class ListReceiversRequest(_message.Message):
+    """ListReceiversRequest asks for every configured receiver. The list is bounded by the
+    receivers file, so it has no pagination.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReceiversRequest: _TypeAlias = ListReceiversRequest  # noqa: Y015
+
+@_typing.final
+class ListReceiversResponse(_message.Message):
+    """ListReceiversResponse lists the configured receivers, ordered by name."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECEIVERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def receivers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Receiver]:
+        """Every configured receiver, ordered by name."""
+
+    def __init__(
+        self,
+        *,
+        receivers: _abc.Iterable[Global___Receiver] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["receivers", b"receivers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReceiversResponse: _TypeAlias = ListReceiversResponse  # noqa: Y015
+
+@_typing.final
+class Receiver(_message.Message):
+    """Receiver is one configured receiver as this sidecar process sees it. Counts start at zero
+    when the process starts and are per process: each replica counts its own attempts.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    CIRCUIT_FIELD_NUMBER: _builtins.int
+    CIRCUIT_RETRY_AFTER_FIELD_NUMBER: _builtins.int
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _builtins.int
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_STARTED_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_SUCCEEDED_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FAILED_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FAILED_PERMANENT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The receiver's name, as used in DeliverRequest.channel."""
+    type: _builtins.str
+    """The receiver's channel type (e.g. "webhook", "slack", "email")."""
+    circuit: Global___CircuitState.ValueType
+    """The receiver's circuit breaker in this sidecar process."""
+    consecutive_failures: _builtins.int
+    """Retryable failures in a row of this receiver's attempts; the breaker opens at its
+    configured threshold (the receivers file's breaker.failures).
+    """
+    max_attempts: _builtins.int
+    """The receiver's attempt budget per key when a request sets none (1 to 20)."""
+    attempts_started: _builtins.int
+    """Attempts this process started through the receiver."""
+    attempts_in_flight: _builtins.int
+    """Attempts of this process still waiting for the receiver's answer."""
+    attempts_succeeded: _builtins.int
+    """Attempts of this process that the receiver accepted."""
+    attempts_failed: _builtins.int
+    """Attempts of this process that failed with a retryable error (timeouts included)."""
+    attempts_failed_permanent: _builtins.int
+    """Attempts of this process that failed with a permanent error."""
+    @_builtins.property
+    def circuit_retry_after(self) -> _duration_pb2.Duration:
+        """With circuit OPEN: how long until a probe may go through; unset otherwise."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        circuit: Global___CircuitState.ValueType = ...,
+        circuit_retry_after: _duration_pb2.Duration | None = ...,
+        consecutive_failures: _builtins.int = ...,
+        max_attempts: _builtins.int = ...,
+        attempts_started: _builtins.int = ...,
+        attempts_in_flight: _builtins.int = ...,
+        attempts_succeeded: _builtins.int = ...,
+        attempts_failed: _builtins.int = ...,
+        attempts_failed_permanent: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["circuit_retry_after", b"circuit_retry_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts_failed", b"attempts_failed", "attempts_failed_permanent", b"attempts_failed_permanent", "attempts_in_flight", b"attempts_in_flight", "attempts_started", b"attempts_started", "attempts_succeeded", b"attempts_succeeded", "circuit", b"circuit", "circuit_retry_after", b"circuit_retry_after", "consecutive_failures", b"consecutive_failures", "max_attempts", b"max_attempts", "name", b"name", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Receiver: _TypeAlias = Receiver  # noqa: Y015

@@ -18,6 +18,7 @@ from ..engine.model import (
     Outcome,
     Priority,
     Receipt,
+    ReceiverState,
 )
 from ..engine.policy import MAX_ATTEMPTS, MIN_ATTEMPTS, PolicyError, RetryPolicy
 from . import validation
@@ -186,4 +187,25 @@ def attempt_count_response(state: KeyState) -> pb.AttemptCountResponse:
 def clear_response(result: ClearResult) -> pb.ClearResponse:
     return pb.ClearResponse(
         cleared_channels=list(result.cleared), running_channels=list(result.running)
+    )
+
+
+def list_receivers_response(states: list[ReceiverState]) -> pb.ListReceiversResponse:
+    return pb.ListReceiversResponse(
+        receivers=[
+            pb.Receiver(
+                name=state.name,
+                type=state.kind,
+                circuit=_CIRCUIT[state.circuit],
+                circuit_retry_after=_duration(state.circuit_retry_after),
+                consecutive_failures=state.consecutive_failures,
+                max_attempts=state.max_attempts,
+                attempts_started=state.counts.started,
+                attempts_in_flight=state.counts.in_flight,
+                attempts_succeeded=state.counts.succeeded,
+                attempts_failed=state.counts.failed,
+                attempts_failed_permanent=state.counts.failed_permanent,
+            )
+            for state in states
+        ]
     )

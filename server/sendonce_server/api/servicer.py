@@ -139,6 +139,16 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
             self.gate.running -= 1
         return convert.clear_response(result)
 
+    async def ListReceivers(
+        self, request: pb.ListReceiversRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.ListReceiversResponse:
+        await _admit(self.gate, context)
+        try:
+            states = self.engine.list_receivers()
+        finally:
+            self.gate.running -= 1
+        return convert.list_receivers_response(states)
+
     @staticmethod
     def _key(uid: str, channel: str) -> Key:
         validation.check_uid(uid)

@@ -28,6 +28,7 @@ from .flight import EXPIRED, DeliverRequest, Flight, expire
 from .holder import SKEW_WAIT, await_holder
 from .model import (
     AttemptResult,
+    CircuitState,
     ClearResult,
     DeliveryResult,
     Key,
@@ -35,6 +36,8 @@ from .model import (
     Lease,
     Notification,
     Outcome,
+    ReceiverCounts,
+    ReceiverState,
     Record,
 )
 from .observer import NullObserver, Observer
@@ -69,6 +72,8 @@ class Receiver:
     channel: Channel
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    # The channel's type name (e.g. "webhook"), for ListReceivers.
+    kind: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +113,7 @@ class Engine:
         self.breakers = {
             r.name: CircuitBreaker(r.breaker, self.clock.now) for r in self.receivers.values()
         }
+        self.counts = {name: ReceiverCounts() for name in self.receivers}
         self._waiting = 0
 
     def receiver(self, name: str) -> Receiver:
@@ -212,6 +218,27 @@ class Engine:
             circuit=self.breakers[receiver.name].state,
             idempotency_key=key.idempotency_key,
         )
+
+    def list_receivers(self) -> list[ReceiverState]:
+        """Every receiver with its breaker and this process's attempt counts, by name."""
+        states = []
+        for name in sorted(self.receivers):
+            receiver, breaker = self.receivers[name], self.breakers[name]
+            circuit = breaker.state
+            states.append(
+                ReceiverState(
+                    name=name,
+                    kind=receiver.kind,
+                    circuit=circuit,
+                    circuit_retry_after=(
+                        breaker.retry_after() if circuit is CircuitState.OPEN else None
+                    ),
+                    consecutive_failures=breaker.failures,
+                    max_attempts=receiver.policy.max_attempts,
+                    counts=copy.copy(self.counts[name]),
+                )
+            )
+        return states
 
     async def clear(
         self, uid: str, channels: Sequence[str] = (), force: bool = False
@@ -416,9 +443,16 @@ class Engine:
         started = time.monotonic()
         if self._redact is not None:
             notification = self._redact(notification)
-        with self.observer.attempt(receiver.name, key, lease.attempt) as observation:
-            sent = await self._send(receiver, Delivery(key, notification, lease.attempt))
-            observation.finished(sent.status)
+        counts = self.counts[receiver.name]
+        counts.started += 1
+        counts.in_flight += 1
+        try:
+            with self.observer.attempt(receiver.name, key, lease.attempt) as observation:
+                sent = await self._send(receiver, Delivery(key, notification, lease.attempt))
+                observation.finished(sent.status)
+        finally:
+            counts.in_flight -= 1
+        _count(counts, sent.status)
         self.breakers[receiver.name].record(sent.status)
         self._after_send(key, lease)
         retry_delay = 0.0  # only a retryable failure waits before the next attempt
@@ -507,6 +541,15 @@ class Engine:
             self.clock.now(),
             self.settings.in_progress_retry_after,
         )
+
+
+def _count(counts: ReceiverCounts, status: SendStatus) -> None:
+    if status is SendStatus.SUCCESS:
+        counts.succeeded += 1
+    elif status is SendStatus.RETRYABLE:
+        counts.failed += 1
+    else:
+        counts.failed_permanent += 1
 
 
 def _cancelling() -> bool:
