@@ -22,6 +22,8 @@ from sendonce.types import (
     CircuitState,
     ClearResult,
     DeliverResult,
+    DeliveryPage,
+    DeliveryState,
     Link,
     Notification,
     Priority,
@@ -49,7 +51,7 @@ class UidAttempts:
     configured: tuple[str, ...]
 
 
-Result = DeliverResult | AttemptCountResult | ClearResult | Receivers | UidAttempts
+Result = DeliverResult | AttemptCountResult | ClearResult | Receivers | UidAttempts | DeliveryPage
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,6 +115,30 @@ def _attempts(client: Client, args: argparse.Namespace) -> AttemptCountResult | 
         if state.found:
             channels[name] = state
     return UidAttempts(args.uid, channels, names)
+
+
+def _list(client: Client, args: argparse.Namespace) -> DeliveryPage:
+    def page(token: str) -> DeliveryPage:
+        return client.list_deliveries(
+            state=None if args.state is None else DeliveryState(args.state),
+            channel=args.channel or "",
+            uid=args.uid or "",
+            updated_after=args.since,
+            updated_before=args.until,
+            page_size=args.page_size,
+            page_token=token,
+            timeout=args.timeout,
+        )
+
+    first = page(args.page_token)
+    if not args.all:
+        return first
+    deliveries, token = list(first.deliveries), first.next_page_token
+    while token:
+        more = page(token)
+        deliveries += more.deliveries
+        token = more.next_page_token
+    return DeliveryPage(tuple(deliveries))
 
 
 def _receivers(client: Client, args: argparse.Namespace) -> Receivers:
@@ -183,6 +209,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     receivers.set_defaults(command=_receivers)
 
+    listing = commands.add_parser(
+        "list", help="list deliveries by state, channel, uid and time, newest first"
+    )
+    listing.set_defaults(command=_list)
+    listing.add_argument(
+        "--state", choices=[s.value for s in DeliveryState if s is not DeliveryState.UNKNOWN]
+    )
+    listing.add_argument("--channel")
+    listing.add_argument("--uid")
+    listing.add_argument(
+        "--since", type=_instant, metavar="TIME", help="ISO 8601, UTC unless it has an offset"
+    )
+    listing.add_argument("--until", type=_instant, metavar="TIME", help="as --since, exclusive")
+    listing.add_argument("--page-size", type=_count, default=0, metavar="N", help="default 50")
+    listing.add_argument("--page-token", default="", metavar="TOKEN", help="from the last page")
+    listing.add_argument("--all", action="store_true", help="follow every page")
+
     clear = commands.add_parser("clear", help="forget a notification (all channels by default)")
     clear.set_defaults(command=_clear)
     clear.add_argument("uid")
@@ -191,7 +234,7 @@ def _parser() -> argparse.ArgumentParser:
 
     # The common options also work after the command (`sendonce attempts u c --json`); SUPPRESS
     # keeps a subcommand from overwriting a value given before it.
-    for sub in (deliver, attempts, receivers, clear):
+    for sub in (deliver, attempts, receivers, listing, clear):
         _add_common(sub, suppress=True)
     return parser
 
@@ -244,6 +287,14 @@ def _seconds(text: str) -> timedelta:
     return timedelta(seconds=value)
 
 
+def _instant(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an ISO 8601 time, got {text!r}") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 def _positive_seconds(text: str) -> float:
     value = float(text)
     if value <= 0:
@@ -291,6 +342,8 @@ def render(result: Result) -> str:
         return _render_uid_attempts(result)
     if isinstance(result, Receivers):
         return _render_receivers(result)
+    if isinstance(result, DeliveryPage):
+        return _render_deliveries(result)
     return _render_clear(result)
 
 
@@ -391,6 +444,28 @@ def _render_receivers(result: Receivers) -> str:
             )
         )
     return _table(rows)
+
+
+def _render_deliveries(result: DeliveryPage) -> str:
+    if not result.deliveries:
+        lines = ["no deliveries"]
+    else:
+        rows = [("uid", "channel", "state", "updated (UTC)", "attempts", "last error")]
+        rows += [
+            (
+                d.uid,
+                d.channel,
+                d.state.value.replace("_", " "),
+                "-" if d.update_time is None else _timestamp(d.update_time),
+                f"{d.attempts_used}/{d.max_attempts}",
+                d.last_error,
+            )
+            for d in result.deliveries
+        ]
+        lines = [_table(rows)]
+    if result.next_page_token:
+        lines.append(f"more: --page-token {result.next_page_token}")
+    return "\n".join(lines)
 
 
 def _table(rows: Sequence[Sequence[str]]) -> str:

@@ -12,6 +12,7 @@ import abc
 import json
 import os
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Final, Self
 
@@ -22,6 +23,8 @@ from sendonce.types import (
     AttemptCountResult,
     ClearResult,
     DeliverResult,
+    DeliveryPage,
+    DeliveryState,
     Notification,
     Receiver,
     RetryPolicy,
@@ -31,6 +34,8 @@ from sendonce.types import (
     clear_result_from_pb,
     deliver_request_to_pb,
     deliver_result_from_pb,
+    delivery_page_from_pb,
+    list_deliveries_request_to_pb,
     list_receivers_request_to_pb,
     receivers_from_pb,
 )
@@ -356,6 +361,48 @@ class Client(_ClientBase):
             raise _error_from_rpc(error) from error
         return receivers_from_pb(response)
 
+    def list_deliveries(
+        self,
+        *,
+        state: DeliveryState | None = None,
+        channel: str = "",
+        uid: str = "",
+        updated_after: datetime | None = None,
+        updated_before: datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> DeliveryPage:
+        """One page of the keys the sidecar's store holds, newest change first.
+
+        Cleared keys are not listed. Every filter given must hold. Pass the answer's
+        `next_page_token` (with the same filters) for the next page; an empty one means the
+        list is done. A page may be shorter than `page_size` and still have a next one.
+
+        Args:
+            state: only keys in this state.
+            channel: only this channel.
+            uid: only this uid.
+            updated_after: only keys changed at or after this (timezone-aware) time.
+            updated_before: only keys changed before this (timezone-aware) time.
+            page_size: at most this many per page (0: 50; above 1000: 1000).
+            page_token: where to go on, from the previous page.
+            timeout: deadline in seconds; defaults to the client's timeout.
+
+        Raises:
+            SendonceError: a subclass per gRPC status (InvalidArgument for a bad token).
+        """
+        request = list_deliveries_request_to_pb(
+            state, channel, uid, updated_after, updated_before, page_size, page_token
+        )
+        try:
+            response = self._stub.ListDeliveries(
+                request, timeout=_or(timeout, self.timeout), metadata=self._metadata
+            )
+        except grpc.RpcError as error:
+            raise _error_from_rpc(error) from error
+        return delivery_page_from_pb(response)
+
     def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
         self._channel.close()
@@ -467,6 +514,30 @@ class AsyncClient(_ClientBase):
         except grpc.RpcError as error:
             raise _error_from_rpc(error) from error
         return receivers_from_pb(response)
+
+    async def list_deliveries(
+        self,
+        *,
+        state: DeliveryState | None = None,
+        channel: str = "",
+        uid: str = "",
+        updated_after: datetime | None = None,
+        updated_before: datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> DeliveryPage:
+        """One page of the keys the sidecar's store holds; see `Client.list_deliveries`."""
+        request = list_deliveries_request_to_pb(
+            state, channel, uid, updated_after, updated_before, page_size, page_token
+        )
+        try:
+            response = await self._stub.ListDeliveries(
+                request, timeout=_or(timeout, self.timeout), metadata=self._metadata
+            )
+        except grpc.RpcError as error:
+            raise _error_from_rpc(error) from error
+        return delivery_page_from_pb(response)
 
     async def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""

@@ -19,6 +19,8 @@ from sendonce import (
     CircuitState,
     Client,
     DeadlineExceeded,
+    Delivery,
+    DeliveryState,
     InvalidArgument,
     Link,
     NotFound,
@@ -268,6 +270,69 @@ async def test_list_receivers_result_is_typed(twin: Twin, server: RunningServer)
     )
     assert (ops.name, ops.circuit, ops.circuit_retry_after) == ("ops", CircuitState.UNKNOWN, None)
     assert_deadline(server.servicer.calls[-1].time_remaining, 3)
+
+
+async def test_list_deliveries_sends_the_filters_and_is_typed(
+    twin: Twin, server: RunningServer
+) -> None:
+    server.servicer.list_deliveries_response = delivery_pb2.ListDeliveriesResponse(
+        deliveries=[
+            delivery_pb2.Delivery(
+                uid="uid-1",
+                channel="ops",
+                state=delivery_pb2.DELIVERY_STATE_FAILED,
+                update_time=timestamp_pb2.Timestamp(seconds=1_700_000_000),
+                attempts_used=2,
+                max_attempts=5,
+                last_error="HTTP 503",
+                retry_after=duration_pb2.Duration(seconds=30),
+                idempotency_key="msg_0123456789abcdef0123456789abcdef",
+            ),
+            delivery_pb2.Delivery(
+                uid="uid-2", channel="ops", state=delivery_pb2.DeliveryState.ValueType(42)
+            ),
+        ],
+        next_page_token="tok",
+    )
+    since = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+    page = await twin.list_deliveries(
+        state=DeliveryState.FAILED,
+        channel="ops",
+        updated_after=since,
+        page_size=10,
+        page_token="prev",
+        timeout=3,
+    )
+
+    request = server.servicer.last(delivery_pb2.ListDeliveriesRequest)
+    assert (request.state, request.channel, request.uid) == (
+        delivery_pb2.DELIVERY_STATE_FAILED,
+        "ops",
+        "",
+    )
+    assert request.updated_after.ToDatetime(tzinfo=UTC) == since
+    assert not request.HasField("updated_before")
+    assert (request.page_size, request.page_token) == (10, "prev")
+    assert_deadline(server.servicer.calls[-1].time_remaining, 3)
+    assert page.next_page_token == "tok"
+    assert page.deliveries[0] == Delivery(
+        uid="uid-1",
+        channel="ops",
+        state=DeliveryState.FAILED,
+        update_time=datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC),
+        attempts_used=2,
+        max_attempts=5,
+        last_error="HTTP 503",
+        retry_after=timedelta(seconds=30),
+        idempotency_key="msg_0123456789abcdef0123456789abcdef",
+    )
+    unknown = page.deliveries[1]
+    assert (unknown.state, unknown.update_time, unknown.retry_after) == (
+        DeliveryState.UNKNOWN,
+        None,
+        None,
+    )
 
 
 # .keys(): the generated enum wrappers are not dicts, so iterating them does not work.

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import grpc
 import pytest
 
-from sendonce import AsyncClient, Notification
+from sendonce import AsyncClient, DeliveryState, Notification
 from sendonce.cli import main
 from sendonce.v1 import delivery_pb2 as pb
 from tests.server.conftest import StartSidecar
@@ -187,3 +190,148 @@ async def test_cli_receivers_and_attempts_of_every_channel_of_a_uid(
     assert as_json["channels"]["ops"]["succeeded"] is True
     assert as_json["configured"] == ["hook", "ops", "quiet"]
     assert unknown == "not found on any channel (configured: hook, ops, quiet)\n"
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis-cluster"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path}/state.db"
+    if request.param == "redis-cluster":
+        return str(request.getfixturevalue("redis_cluster_url"))
+    return "memory"
+
+
+async def test_list_deliveries_by_state_and_channel_a_page_at_a_time(
+    start_sidecar: StartSidecar, http_receiver: HttpReceiver, store_url: str
+) -> None:
+    sidecar = await start_sidecar(
+        {
+            "receivers": [
+                {"name": "hook", "type": "webhook", "settings": {"url": http_receiver.url}},
+                {"name": "ops", "type": "webhook", "settings": {"url": http_receiver.url}},
+            ]
+        },
+        store=store_url,
+    )
+    http_receiver.respond(503)
+    once = pb.RetryPolicy(max_attempts=1)
+    for uid in ("a", "b", "c"):
+        await sidecar.stub.Deliver(deliver(uid, channel="ops", retry_policy=once))
+    await sidecar.stub.Deliver(deliver("d", channel="hook", retry_policy=once))
+    await sidecar.stub.Deliver(deliver("e", channel="ops"))  # failed, attempts left
+    http_receiver.respond(200)
+    await sidecar.stub.Deliver(deliver("f", channel="ops"))
+
+    request = pb.ListDeliveriesRequest(
+        state=pb.DELIVERY_STATE_EXHAUSTED, channel="ops", page_size=2
+    )
+    first = await sidecar.stub.ListDeliveries(request)
+    request.page_token = first.next_page_token
+    second = await sidecar.stub.ListDeliveries(request)
+    failed = await sidecar.stub.ListDeliveries(
+        pb.ListDeliveriesRequest(state=pb.DELIVERY_STATE_FAILED)
+    )
+    everything = await sidecar.stub.ListDeliveries(pb.ListDeliveriesRequest())
+
+    assert [d.uid for d in first.deliveries] == ["c", "b"]
+    assert first.next_page_token
+    assert [d.uid for d in second.deliveries] == ["a"]
+    assert second.next_page_token == ""
+    exhausted = first.deliveries[0]
+    assert (exhausted.channel, exhausted.state) == ("ops", pb.DELIVERY_STATE_EXHAUSTED)
+    assert (exhausted.attempts_used, exhausted.max_attempts) == (1, 1)
+    assert exhausted.last_error == "HTTP 503 Service Unavailable"
+    assert exhausted.HasField("update_time")
+    assert not exhausted.HasField("retry_after")
+    state = await sidecar.stub.AttemptCount(pb.AttemptCountRequest(uid="c", channel="ops"))
+    assert exhausted.idempotency_key == state.idempotency_key
+    assert [(d.uid, d.retry_after.seconds > 0) for d in failed.deliveries] == [("e", True)]
+    assert [(d.uid, d.channel) for d in everything.deliveries] == [
+        ("f", "ops"),
+        ("e", "ops"),
+        ("d", "hook"),
+        ("c", "ops"),
+        ("b", "ops"),
+        ("a", "ops"),
+    ]
+
+
+async def test_list_deliveries_refuses_a_bad_page_token_or_size(
+    start_sidecar: StartSidecar, http_receiver: HttpReceiver
+) -> None:
+    sidecar = await start_sidecar(webhook(http_receiver))
+    for uid in ("a", "b"):
+        await sidecar.stub.Deliver(deliver(uid))
+    page = await sidecar.stub.ListDeliveries(pb.ListDeliveriesRequest(page_size=1))
+    big = await sidecar.stub.ListDeliveries(pb.ListDeliveriesRequest(page_size=1_000_000))
+    assert len(big.deliveries) == 2
+
+    bad = [
+        (pb.ListDeliveriesRequest(page_token="not-a-token"), "page_token"),
+        # A token only continues the list it came from.
+        (pb.ListDeliveriesRequest(page_token=page.next_page_token, channel="hook"), "page_token"),
+        (pb.ListDeliveriesRequest(page_size=-1), "page_size"),
+        (pb.ListDeliveriesRequest(channel="Not A Name"), "channel"),
+        (pb.ListDeliveriesRequest(state=99), "state"),  # type: ignore[arg-type]
+    ]
+    for request, field in bad:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await sidecar.stub.ListDeliveries(request)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in (refused.value.details() or "")
+    # The same token with a different page size goes on.
+    again = await sidecar.stub.ListDeliveries(
+        pb.ListDeliveriesRequest(page_token=page.next_page_token, page_size=5)
+    )
+    assert [d.uid for d in [*page.deliveries, *again.deliveries]] == ["b", "a"]
+
+
+async def test_client_and_cli_list_deliveries(
+    start_sidecar: StartSidecar, http_receiver: HttpReceiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sidecar = await start_sidecar(
+        {"receivers": [{"name": "ops", "type": "webhook", "settings": {"url": http_receiver.url}}]}
+    )
+    http_receiver.respond(503)
+    once = pb.RetryPolicy(max_attempts=1)
+    for uid in ("a", "b", "c"):
+        await sidecar.stub.Deliver(deliver(uid, channel="ops", retry_policy=once))
+
+    async with AsyncClient(sidecar.address) as client:
+        page = await client.list_deliveries(
+            state=DeliveryState.EXHAUSTED, channel="ops", page_size=2
+        )
+        rest = await client.list_deliveries(
+            state=DeliveryState.EXHAUSTED, channel="ops", page_token=page.next_page_token
+        )
+        later = await client.list_deliveries(updated_after=datetime.now(UTC) + timedelta(hours=1))
+
+    def cli(*args: str) -> str:
+        assert main(["--address", sidecar.address, *args]) == 0
+        return capsys.readouterr().out
+
+    shown = await asyncio.to_thread(cli, "list", "--state", "exhausted", "--channel", "ops")
+    paged = await asyncio.to_thread(cli, "list", "--page-size", "1", "--all", "--json")
+
+    assert [d.uid for d in [*page.deliveries, *rest.deliveries]] == ["c", "b", "a"]
+    assert page.deliveries[0].state is DeliveryState.EXHAUSTED
+    assert page.deliveries[0].update_time is not None
+    assert rest.next_page_token == ""
+    assert later.deliveries == ()
+    lines = shown.splitlines()
+    assert lines[0].split() == [
+        "uid",
+        "channel",
+        "state",
+        "updated",
+        "(UTC)",
+        "attempts",
+        "last",
+        "error",
+    ]
+    assert lines[1].split()[:3] == ["c", "ops", "exhausted"]
+    assert lines[1].endswith("1/1       HTTP 503 Service Unavailable")
+    assert len(lines) == 4
+    listed = json.loads(paged)
+    assert [d["uid"] for d in listed["deliveries"]] == ["c", "b", "a"]
+    assert listed["next_page_token"] == ""

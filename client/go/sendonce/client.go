@@ -197,6 +197,22 @@ func (c *Client) ListReceivers(ctx context.Context) ([]*sendoncev1.Receiver, err
 	return response.GetReceivers(), nil
 }
 
+// ListDeliveries answers one page of the keys the sidecar's store holds, newest change
+// first, filtered by the request's state, channel, uid and time. Pass the answer's
+// NextPageToken as the request's PageToken (other fields unchanged) for the next page; an
+// empty one means the list is done. A page may be short and still have a next one.
+func (c *Client) ListDeliveries(
+	ctx context.Context, request *sendoncev1.ListDeliveriesRequest,
+) (*sendoncev1.ListDeliveriesResponse, error) {
+	ctx, cancel := withDefaultTimeout(ctx, c.timeout)
+	defer cancel()
+	response, err := c.stub.ListDeliveries(ctx, request)
+	if err != nil {
+		return nil, wrap(err)
+	}
+	return response, nil
+}
+
 func withDefaultTimeout(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
 	if _, ok := ctx.Deadline(); ok {
 		return ctx, func() {}

@@ -222,6 +222,51 @@ func TestListReceivers(t *testing.T) {
 	}
 }
 
+func TestListDeliveriesPages(t *testing.T) {
+	s := startSidecar(t)
+	client := dial(t, sendonce.Options{Address: s.address})
+	ctx := context.Background()
+	prefix := uid(t)
+	for _, suffix := range []string{"-a", "-b", "-c"} {
+		if _, err := client.Deliver(ctx, prefix+suffix, "console", note); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	request := &sendoncev1.ListDeliveriesRequest{
+		State: sendoncev1.DeliveryState_DELIVERY_STATE_DELIVERED, Channel: "console", PageSize: 2,
+	}
+	var uids []string
+	for pages := 1; ; pages++ {
+		page, err := client.ListDeliveries(ctx, request)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range page.GetDeliveries() {
+			uids = append(uids, d.GetUid())
+			if d.GetIdempotencyKey() != s.consoleLine(t, d.GetUid())["idempotency_key"] {
+				t.Errorf("idempotency key of %s: %q", d.GetUid(), d.GetIdempotencyKey())
+			}
+		}
+		if page.GetNextPageToken() == "" {
+			if pages != 2 {
+				t.Errorf("%d pages of 2 for 3 deliveries", pages)
+			}
+			break
+		}
+		request.PageToken = page.GetNextPageToken()
+	}
+	if strings.Join(uids, " ") != prefix+"-c "+prefix+"-b "+prefix+"-a" {
+		t.Errorf("newest first: %v", uids)
+	}
+
+	_, err := client.ListDeliveries(ctx, &sendoncev1.ListDeliveriesRequest{PageToken: "nope"})
+	if e, ok := sendonce.AsError(err); !ok || e.Code != codes.InvalidArgument ||
+		!strings.Contains(e.Message, "page_token") {
+		t.Errorf("a bad token: %v", err)
+	}
+}
+
 func TestPersistedAttemptsCount(t *testing.T) {
 	s := startSidecar(t)
 	client := dial(t, sendonce.Options{Address: s.address})

@@ -23,10 +23,11 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	DeliveryService_Deliver_FullMethodName       = "/sendonce.v1.DeliveryService/Deliver"
-	DeliveryService_AttemptCount_FullMethodName  = "/sendonce.v1.DeliveryService/AttemptCount"
-	DeliveryService_Clear_FullMethodName         = "/sendonce.v1.DeliveryService/Clear"
-	DeliveryService_ListReceivers_FullMethodName = "/sendonce.v1.DeliveryService/ListReceivers"
+	DeliveryService_Deliver_FullMethodName        = "/sendonce.v1.DeliveryService/Deliver"
+	DeliveryService_AttemptCount_FullMethodName   = "/sendonce.v1.DeliveryService/AttemptCount"
+	DeliveryService_Clear_FullMethodName          = "/sendonce.v1.DeliveryService/Clear"
+	DeliveryService_ListReceivers_FullMethodName  = "/sendonce.v1.DeliveryService/ListReceivers"
+	DeliveryService_ListDeliveries_FullMethodName = "/sendonce.v1.DeliveryService/ListDeliveries"
 )
 
 // DeliveryServiceClient is the client API for DeliveryService service.
@@ -53,6 +54,10 @@ type DeliveryServiceClient interface {
 	// this sidecar process made through each since it started. It never shows a receiver's
 	// settings (URLs, tokens, addresses): only its name and type.
 	ListReceivers(ctx context.Context, in *ListReceiversRequest, opts ...grpc.CallOption) (*ListReceiversResponse, error)
+	// ListDeliveries lists the keys the sidecar holds a record of, newest change first,
+	// filtered by state, channel, uid and time, a page at a time (AIP-132, AIP-158). A cleared
+	// key is not listed. It reads the store, shared by every replica, and changes nothing.
+	ListDeliveries(ctx context.Context, in *ListDeliveriesRequest, opts ...grpc.CallOption) (*ListDeliveriesResponse, error)
 }
 
 type deliveryServiceClient struct {
@@ -103,6 +108,16 @@ func (c *deliveryServiceClient) ListReceivers(ctx context.Context, in *ListRecei
 	return out, nil
 }
 
+func (c *deliveryServiceClient) ListDeliveries(ctx context.Context, in *ListDeliveriesRequest, opts ...grpc.CallOption) (*ListDeliveriesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListDeliveriesResponse)
+	err := c.cc.Invoke(ctx, DeliveryService_ListDeliveries_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DeliveryServiceServer is the server API for DeliveryService service.
 // All implementations must embed UnimplementedDeliveryServiceServer
 // for forward compatibility.
@@ -127,6 +142,10 @@ type DeliveryServiceServer interface {
 	// this sidecar process made through each since it started. It never shows a receiver's
 	// settings (URLs, tokens, addresses): only its name and type.
 	ListReceivers(context.Context, *ListReceiversRequest) (*ListReceiversResponse, error)
+	// ListDeliveries lists the keys the sidecar holds a record of, newest change first,
+	// filtered by state, channel, uid and time, a page at a time (AIP-132, AIP-158). A cleared
+	// key is not listed. It reads the store, shared by every replica, and changes nothing.
+	ListDeliveries(context.Context, *ListDeliveriesRequest) (*ListDeliveriesResponse, error)
 	mustEmbedUnimplementedDeliveryServiceServer()
 }
 
@@ -148,6 +167,9 @@ func (UnimplementedDeliveryServiceServer) Clear(context.Context, *ClearRequest) 
 }
 func (UnimplementedDeliveryServiceServer) ListReceivers(context.Context, *ListReceiversRequest) (*ListReceiversResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListReceivers not implemented")
+}
+func (UnimplementedDeliveryServiceServer) ListDeliveries(context.Context, *ListDeliveriesRequest) (*ListDeliveriesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListDeliveries not implemented")
 }
 func (UnimplementedDeliveryServiceServer) mustEmbedUnimplementedDeliveryServiceServer() {}
 func (UnimplementedDeliveryServiceServer) testEmbeddedByValue()                         {}
@@ -242,6 +264,24 @@ func _DeliveryService_ListReceivers_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _DeliveryService_ListDeliveries_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListDeliveriesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DeliveryServiceServer).ListDeliveries(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: DeliveryService_ListDeliveries_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DeliveryServiceServer).ListDeliveries(ctx, req.(*ListDeliveriesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // DeliveryService_ServiceDesc is the grpc.ServiceDesc for DeliveryService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -264,6 +304,10 @@ var DeliveryService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListReceivers",
 			Handler:    _DeliveryService_ListReceivers_Handler,
+		},
+		{
+			MethodName: "ListDeliveries",
+			Handler:    _DeliveryService_ListDeliveries_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

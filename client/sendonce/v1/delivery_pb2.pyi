@@ -191,6 +191,46 @@ ATTEMPT_RESULT_ABANDONED: AttemptResult.ValueType  # 5
 """The holder's lease expired before it reported: the outcome is unknown, the attempt counts."""
 Global___AttemptResult: _TypeAlias = AttemptResult  # noqa: Y015
 
+class _DeliveryState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeliveryStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeliveryState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DELIVERY_STATE_UNSPECIFIED: _DeliveryState.ValueType  # 0
+    """In a request: any state. Never in an answer."""
+    DELIVERY_STATE_IN_FLIGHT: _DeliveryState.ValueType  # 1
+    """An attempt holds a live lease: the receiver has not answered yet."""
+    DELIVERY_STATE_FAILED: _DeliveryState.ValueType  # 2
+    """The last attempt failed with a retryable error (or its holder never reported) and
+    attempts are left: the next Deliver after the backoff tries again.
+    """
+    DELIVERY_STATE_EXHAUSTED: _DeliveryState.ValueType  # 3
+    """The attempt budget is spent without a success; final."""
+    DELIVERY_STATE_FAILED_PERMANENT: _DeliveryState.ValueType  # 4
+    """An attempt failed with a permanent error; final."""
+    DELIVERY_STATE_DELIVERED: _DeliveryState.ValueType  # 5
+    """An attempt succeeded; final."""
+
+class DeliveryState(_DeliveryState, metaclass=_DeliveryStateEnumTypeWrapper):
+    """Where a delivery stands, as ListDeliveries files it."""
+
+DELIVERY_STATE_UNSPECIFIED: DeliveryState.ValueType  # 0
+"""In a request: any state. Never in an answer."""
+DELIVERY_STATE_IN_FLIGHT: DeliveryState.ValueType  # 1
+"""An attempt holds a live lease: the receiver has not answered yet."""
+DELIVERY_STATE_FAILED: DeliveryState.ValueType  # 2
+"""The last attempt failed with a retryable error (or its holder never reported) and
+attempts are left: the next Deliver after the backoff tries again.
+"""
+DELIVERY_STATE_EXHAUSTED: DeliveryState.ValueType  # 3
+"""The attempt budget is spent without a success; final."""
+DELIVERY_STATE_FAILED_PERMANENT: DeliveryState.ValueType  # 4
+"""An attempt failed with a permanent error; final."""
+DELIVERY_STATE_DELIVERED: DeliveryState.ValueType  # 5
+"""An attempt succeeded; final."""
+Global___DeliveryState: _TypeAlias = DeliveryState  # noqa: Y015
+
 @_typing.final
 class Link(_message.Message):
     """Link is a titled URL shown with the notification (e.g. as a button)."""
@@ -851,3 +891,153 @@ class Receiver(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Receiver: _TypeAlias = Receiver  # noqa: Y015
+
+@_typing.final
+class ListDeliveriesRequest(_message.Message):
+    """ListDeliveriesRequest filters and pages the list. Every filter set must hold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    UID_FIELD_NUMBER: _builtins.int
+    UPDATED_AFTER_FIELD_NUMBER: _builtins.int
+    UPDATED_BEFORE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    state: Global___DeliveryState.ValueType
+    """Only keys in this state; DELIVERY_STATE_UNSPECIFIED for any."""
+    channel: _builtins.str
+    """Only this channel (a receiver name, configured or not any more); empty for any."""
+    uid: _builtins.str
+    """Only this uid; empty for any."""
+    page_size: _builtins.int
+    """At most this many deliveries in the answer: 0 means 50, more than 1000 means 1000,
+    negative is INVALID_ARGUMENT. An answer may hold fewer and still have a next page.
+    """
+    page_token: _builtins.str
+    """The next_page_token of the previous answer, with every other field unchanged (page_size
+    may change); empty for the first page. Any other value is INVALID_ARGUMENT.
+    """
+    @_builtins.property
+    def updated_after(self) -> _timestamp_pb2.Timestamp:
+        """Only keys whose update_time is at or after this instant; unset for no bound."""
+
+    @_builtins.property
+    def updated_before(self) -> _timestamp_pb2.Timestamp:
+        """Only keys whose update_time is before this instant; unset for no bound."""
+
+    def __init__(
+        self,
+        *,
+        state: Global___DeliveryState.ValueType = ...,
+        channel: _builtins.str = ...,
+        uid: _builtins.str = ...,
+        updated_after: _timestamp_pb2.Timestamp | None = ...,
+        updated_before: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_after", b"updated_after", "updated_before", b"updated_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "page_size", b"page_size", "page_token", b"page_token", "state", b"state", "uid", b"uid", "updated_after", b"updated_after", "updated_before", b"updated_before"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeliveriesRequest: _TypeAlias = ListDeliveriesRequest  # noqa: Y015
+
+@_typing.final
+class ListDeliveriesResponse(_message.Message):
+    """ListDeliveriesResponse is one page of the list."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass it as page_token for the next page; empty when there is none. A key that changes
+    while the list is paged may appear twice or not at all.
+    """
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Delivery]:
+        """The deliveries of this page, newest update_time first (then by channel and uid,
+        descending).
+        """
+
+    def __init__(
+        self,
+        *,
+        deliveries: _abc.Iterable[Global___Delivery] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeliveriesResponse: _TypeAlias = ListDeliveriesResponse  # noqa: Y015
+
+@_typing.final
+class Delivery(_message.Message):
+    """Delivery is one key as ListDeliveries shows it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UID_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_USED_FIELD_NUMBER: _builtins.int
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    uid: _builtins.str
+    """The notification's uid."""
+    channel: _builtins.str
+    """The receiver's name."""
+    state: Global___DeliveryState.ValueType
+    """Where the key stands; never DELIVERY_STATE_UNSPECIFIED."""
+    attempts_used: _builtins.int
+    """Attempts used for the key, as AttemptCount counts them."""
+    max_attempts: _builtins.int
+    """The key's attempt budget."""
+    last_error: _builtins.str
+    """The error of the last failed or abandoned attempt; empty when none failed, and for a
+    delivered key.
+    """
+    idempotency_key: _builtins.str
+    """The idempotency key the receiver sees for the key, as in DeliverResponse."""
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the key last changed: its last attempt's start or end, by the sidecar's clock.
+        Unset when the sidecar made no attempt itself (a count from persisted_attempts alone).
+        """
+
+    @_builtins.property
+    def retry_after(self) -> _duration_pb2.Duration:
+        """With state FAILED: how long until the next attempt may start; unset when it may start
+        now.
+        """
+
+    def __init__(
+        self,
+        *,
+        uid: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        state: Global___DeliveryState.ValueType = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        attempts_used: _builtins.int = ...,
+        max_attempts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        retry_after: _duration_pb2.Duration | None = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retry_after", b"retry_after", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts_used", b"attempts_used", "channel", b"channel", "idempotency_key", b"idempotency_key", "last_error", b"last_error", "max_attempts", b"max_attempts", "retry_after", b"retry_after", "state", b"state", "uid", b"uid", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Delivery: _TypeAlias = Delivery  # noqa: Y015

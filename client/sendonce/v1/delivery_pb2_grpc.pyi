@@ -58,6 +58,11 @@ class DeliveryServiceStub:
     this sidecar process made through each since it started. It never shows a receiver's
     settings (URLs, tokens, addresses): only its name and type.
     """
+    ListDeliveries: _grpc.UnaryUnaryMultiCallable[_delivery_pb2.ListDeliveriesRequest, _delivery_pb2.ListDeliveriesResponse]
+    """ListDeliveries lists the keys the sidecar holds a record of, newest change first,
+    filtered by state, channel, uid and time, a page at a time (AIP-132, AIP-158). A cleared
+    key is not listed. It reads the store, shared by every replica, and changes nothing.
+    """
 
 @_typing.type_check_only
 class DeliveryServiceAsyncStub(DeliveryServiceStub):
@@ -85,6 +90,11 @@ class DeliveryServiceAsyncStub(DeliveryServiceStub):
     """ListReceivers lists the configured receivers with their circuit breaker and the attempts
     this sidecar process made through each since it started. It never shows a receiver's
     settings (URLs, tokens, addresses): only its name and type.
+    """
+    ListDeliveries: _aio.UnaryUnaryMultiCallable[_delivery_pb2.ListDeliveriesRequest, _delivery_pb2.ListDeliveriesResponse]  # type: ignore[assignment]
+    """ListDeliveries lists the keys the sidecar holds a record of, newest change first,
+    filtered by state, channel, uid and time, a page at a time (AIP-132, AIP-158). A cleared
+    key is not listed. It reads the store, shared by every replica, and changes nothing.
     """
 
 class DeliveryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -134,6 +144,17 @@ class DeliveryServiceServicer(metaclass=_abc_1.ABCMeta):
         """ListReceivers lists the configured receivers with their circuit breaker and the attempts
         this sidecar process made through each since it started. It never shows a receiver's
         settings (URLs, tokens, addresses): only its name and type.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDeliveries(
+        self,
+        request: _delivery_pb2.ListDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_delivery_pb2.ListDeliveriesResponse, _abc.Awaitable[_delivery_pb2.ListDeliveriesResponse]]:
+        """ListDeliveries lists the keys the sidecar holds a record of, newest change first,
+        filtered by state, channel, uid and time, a page at a time (AIP-132, AIP-158). A cleared
+        key is not listed. It reads the store, shared by every replica, and changes nothing.
         """
 
 def add_DeliveryServiceServicer_to_server(servicer: DeliveryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -7,6 +7,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from sendonce.v1 import delivery_pb2 as pb
 
+from ..engine.listing import DeliverySummary
 from ..engine.model import (
     AttemptResult,
     CircuitState,
@@ -22,6 +23,7 @@ from ..engine.model import (
 )
 from ..engine.policy import MAX_ATTEMPTS, MIN_ATTEMPTS, PolicyError, RetryPolicy
 from . import validation
+from .pages import STATE_TO_PB
 from .validation import InvalidInput, Limits
 
 _PRIORITY = {
@@ -209,3 +211,28 @@ def list_receivers_response(states: list[ReceiverState]) -> pb.ListReceiversResp
             for state in states
         ]
     )
+
+
+def list_deliveries_response(
+    summaries: list[DeliverySummary], next_page_token: str
+) -> pb.ListDeliveriesResponse:
+    deliveries = []
+    for summary in summaries:
+        update_time = None
+        if summary.updated_at:
+            update_time = Timestamp()
+            update_time.FromNanoseconds(round(summary.updated_at * 1e9))
+        deliveries.append(
+            pb.Delivery(
+                uid=summary.key.uid,
+                channel=summary.key.channel,
+                state=STATE_TO_PB[summary.state],
+                update_time=update_time,
+                attempts_used=summary.attempts_used,
+                max_attempts=summary.max_attempts,
+                last_error=summary.last_error,
+                retry_after=_duration(summary.retry_after),
+                idempotency_key=summary.idempotency_key,
+            )
+        )
+    return pb.ListDeliveriesResponse(deliveries=deliveries, next_page_token=next_page_token)

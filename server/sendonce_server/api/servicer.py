@@ -13,7 +13,7 @@ from ..engine.engine import Engine
 from ..engine.errors import PayloadMismatch, UnknownChannel
 from ..engine.model import Key
 from ..engine.ports import StateUnavailable
-from . import convert, validation
+from . import convert, pages, validation
 from .validation import InvalidInput, Limits
 
 # Answer this long before the caller's deadline, so the answer still reaches it.
@@ -148,6 +148,19 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
         finally:
             self.gate.running -= 1
         return convert.list_receivers_response(states)
+
+    async def ListDeliveries(
+        self, request: pb.ListDeliveriesRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.ListDeliveriesResponse:
+        await _admit(self.gate, context)
+        try:
+            query = pages.query(request)
+            summaries, position = await self.engine.list_deliveries(query)
+        except _REFUSALS as error:
+            await context.abort(*_status(error))
+        finally:
+            self.gate.running -= 1
+        return convert.list_deliveries_response(summaries, pages.next_page_token(request, position))
 
     @staticmethod
     def _key(uid: str, channel: str) -> Key:

@@ -26,6 +26,7 @@ from .decisions import Completion, Decision, Mismatch, Reserved, ReserveRequest,
 from .errors import PayloadMismatch, UnknownChannel
 from .flight import EXPIRED, DeliverRequest, Flight, expire
 from .holder import SKEW_WAIT, await_holder
+from .listing import DeliveryQuery, DeliverySummary, Position, summarise
 from .model import (
     AttemptResult,
     CircuitState,
@@ -239,6 +240,14 @@ class Engine:
                 )
             )
         return states
+
+    async def list_deliveries(
+        self, query: DeliveryQuery
+    ) -> tuple[list[DeliverySummary], Position | None]:
+        """A page of the keys the store holds, and where the next page starts (None: done)."""
+        now = self.clock.now()
+        page = await self.store.list_deliveries(query, now)
+        return [summarise(key, record, now) for key, record in page.entries], page.next
 
     async def clear(
         self, uid: str, channels: Sequence[str] = (), force: bool = False

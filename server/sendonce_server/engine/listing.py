@@ -164,3 +164,38 @@ def select(
     return DeliveryPage(
         [(key, record) for _, key, record in page], page[-1][0] if more and page else None
     )
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverySummary:
+    """One listed key, in the answer's terms."""
+
+    key: Key
+    state: DeliveryState
+    # 0 when the sidecar made no attempt itself (a count from persisted_attempts alone).
+    updated_at: float
+    attempts_used: int
+    max_attempts: int
+    last_error: str
+    retry_after: float | None
+
+    @property
+    def idempotency_key(self) -> str:
+        return self.key.idempotency_key
+
+
+def summarise(key: Key, record: Record, now: float) -> DeliverySummary:
+    state = state_of(record, now)
+    assert state is not None, "a store lists only what the query admits"
+    retry_after = None
+    if state is DeliveryState.FAILED and record.next_attempt_at > now:
+        retry_after = record.next_attempt_at - now
+    return DeliverySummary(
+        key=key,
+        state=state,
+        updated_at=updated_at(record),
+        attempts_used=record.attempts,
+        max_attempts=record.max_attempts,
+        last_error="" if state is DeliveryState.DELIVERED else record.last_error,
+        retry_after=retry_after,
+    )
