@@ -221,7 +221,8 @@ def list_deliveries_response(
         update_time = None
         if summary.updated_at:
             update_time = Timestamp()
-            update_time.FromNanoseconds(round(summary.updated_at * 1e9))
+            # Microseconds: what the float of the record holds exactly enough.
+            update_time.FromMicroseconds(round(summary.updated_at * 1e6))
         deliveries.append(
             pb.Delivery(
                 uid=summary.key.uid,
