@@ -149,8 +149,7 @@ class Engine:
         """
         result = await self._deliver(key, notification, policy, persisted_attempts, timeout)
         self.observer.answered(key.channel, result)
-        # Set here, once per answer, rather than in every path that builds one.
-        return replace(result, idempotency_key=key.idempotency_key)
+        return result
 
     async def _deliver(
         self,
@@ -308,7 +307,12 @@ class Engine:
             flight.accept_payload()
             flight.attempts_used = decision.record.attempts
             if isinstance(decision, Verdict):
-                result = answer(decision.record, now, decision.outcome)
+                result = answer(
+                    decision.record,
+                    now,
+                    decision.outcome,
+                    idempotency_key=flight.request.key.idempotency_key,
+                )
                 if decision.outcome is Outcome.CIRCUIT_OPEN:
                     breaker = self.breakers[flight.request.receiver.name]
                     result = replace(result, retry_after=breaker.retry_after() or 0.0)
@@ -497,7 +501,7 @@ class Engine:
             # answer is the record as the completion would have left it.
             record = copy.deepcopy(reserved.record)
             decisions.complete(record, completion, now, self.settings.retention)
-        return answer(record, now)
+        return answer(record, now, idempotency_key=key.idempotency_key)
 
     def _after_send(self, key: Key, lease: Lease) -> None:
         """Test seam: a subclass may raise here to play a holder that dies before completing."""
@@ -549,6 +553,7 @@ class Engine:
             max_attempts,
             self.clock.now(),
             self.settings.in_progress_retry_after,
+            flight.request.key.idempotency_key,
         )
 
 
