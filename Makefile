@@ -17,9 +17,11 @@ run: setup
 
 gen: setup
 	PATH=$(VENV)/bin:$$PATH scripts/gen-proto
+	$(PY) scripts/gen-prometheusrule.py
 
 check-gen: setup
 	PATH=$(VENV)/bin:$$PATH scripts/check-gen
+	$(PY) scripts/gen-prometheusrule.py --check
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -28,12 +30,37 @@ lint: setup
 	$(VENV)/bin/buf lint
 	PATH=$(VENV)/bin:$$PATH scripts/buf-breaking
 
-# The Go module's dependencies come from the module proxy first: tests reach no network, and
-# tests/test_proto.py builds generated Go against them.
-test: check-gen lint
-	@if command -v go >/dev/null 2>&1; then cd client/go && go mod download; fi
+# test-tools first: the Go module's dependencies (and grpcurl) come from the module proxy there,
+# so the tests reach no network (tests/test_proto.py and tests/docs build Go against them).
+test: check-gen lint test-tools
+	$(MAKE) --no-print-directory test-alerts
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-go
+
+# What the tests need besides the venv: grpcurl for tests/docs (pinned, from the Go module
+# proxy; the first install takes a few minutes) and the Go module's dependencies, fetched here so
+# that the tests themselves reach no network. Said out loud, never silently, without Go.
+GRPCURL_VERSION := v1.9.4
+.PHONY: test-tools
+test-tools:
+	@if ! command -v go >/dev/null 2>&1; then \
+	  echo "SKIPPED: grpcurl and the Go module's dependencies: no go on PATH"; exit 0; fi; \
+	{ command -v grpcurl >/dev/null || test -x "$$(go env GOPATH)/bin/grpcurl" || \
+	  go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION); } && \
+	cd client/go && go mod download
+
+# The alert rules (deploy/monitoring/alerts.yaml): promtool's check and the unit tests of every
+# alert. promtool comes with Debian's `prometheus` package (.ci/run installs it); without it the
+# target fails under CI=true and says so out loud elsewhere.
+.PHONY: test-alerts
+test-alerts:
+	@if ! command -v promtool >/dev/null 2>&1; then \
+	  if [ "$${CI:-}" = true ]; then \
+	    echo "promtool not found: apt-get install prometheus (.ci/run does)"; exit 1; fi; \
+	  echo "SKIPPED: the alert rules (deploy/monitoring): no promtool on PATH (apt-get install prometheus)"; \
+	  exit 0; fi; \
+	promtool check rules deploy/monitoring/alerts.yaml && \
+	promtool test rules deploy/monitoring/alerts_test.yaml
 
 # The Go module (client/go): gofmt, go vet and its tests against a real sidecar process. Said
 # out loud, never silently, on a machine without Go.

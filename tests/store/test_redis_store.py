@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ from sendonce_server.engine.model import AttemptResult, Key, Notification, Outco
 from sendonce_server.engine.policy import RetryPolicy
 from sendonce_server.engine.ports import SendResult, StateUnavailable
 from sendonce_server.server import start
-from sendonce_server.store.redis import RedisStore
+from sendonce_server.store.redis import RedisStore, hash_tag
 from sendonce_server.store.urls import display_url
 from tests.support.redis_server import free_port
 from tests.support.scripted_channel import ScriptedChannel
@@ -109,6 +110,42 @@ async def test_the_deliveries_index_is_a_sorted_set_per_state_with_a_ttl(
     # Found through the index: never a walk of the keyspace.
     for command in ("cmdstat_scan", "cmdstat_keys"):
         assert before.get(command, {}).get("calls") == after.get(command, {}).get("calls")
+
+
+@pytest.mark.parametrize("uid", ["}x", "}", " }"])
+async def test_a_uid_that_would_empty_the_hash_tag_gets_a_hashed_one_in_one_slot(
+    store: RedisStore, raw: aioredis.Redis, prefix: str, uid: str
+) -> None:
+    for channel in ("hook", "mail"):
+        await store.reserve(Key(uid, channel), REQUEST, now=0.0)
+
+    # The uid's own keys; the deliveries index has a slot of its own.
+    keys = sorted(
+        [
+            key.decode()
+            async for key in raw.scan_iter(match=f"{prefix}*")
+            if not key.startswith(f"{prefix}{{deliveries}}".encode())
+        ]
+    )
+    digest = hashlib.sha256(uid.encode()).hexdigest()
+
+    assert hash_tag(uid) == f"{{ {digest}}}"
+    assert keys == sorted(
+        f"{prefix}{{ {digest}}}{suffix}"
+        for suffix in (":i", ":r:hook", ":f:hook", ":r:mail", ":f:mail")
+    )
+    assert len({key_slot(key.encode()) for key in keys}) == 1
+
+
+@pytest.mark.parametrize("uid", ["2f6c1a7e-uid", "{", "{}", "a}b", "x}", "{x}", "ns/name"])
+def test_every_other_uid_keeps_its_plain_hash_tag(uid: str) -> None:
+    """Keys written before hashed tags existed stay where they were: no migration."""
+    assert hash_tag(uid) == f"{{{uid}}}"
+
+
+def test_a_prefix_with_a_brace_is_refused() -> None:
+    with pytest.raises(ValueError, match="prefix"):
+        RedisStore("redis://127.0.0.1:1/0", prefix="app{1}:")
 
 
 async def test_a_replica_waits_for_another_replicas_attempt_and_shares_it(

@@ -509,11 +509,13 @@ type RetryPolicy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// 1 to 20; 0 means unset.
 	MaxAttempts uint32 `protobuf:"varint,1,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
-	// Wait after the first failed attempt; unset means the channel's.
+	// Wait after the first failed attempt; unset means the channel's. 0 to 365 days
+	// (31536000 s), nanos 0 to 999999999; anything else is INVALID_ARGUMENT.
 	InitialBackoff *durationpb.Duration `protobuf:"bytes,2,opt,name=initial_backoff,json=initialBackoff,proto3" json:"initial_backoff,omitempty"`
-	// At least 1; 0 means unset.
+	// 1 to 100, finite (not NaN nor infinity); 0 means unset.
 	Multiplier float64 `protobuf:"fixed64,3,opt,name=multiplier,proto3" json:"multiplier,omitempty"`
-	// Longest wait between two attempts; unset means the channel's.
+	// Longest wait between two attempts; unset means the channel's. initial_backoff to 365
+	// days (31536000 s), nanos 0 to 999999999.
 	MaxBackoff *durationpb.Duration `protobuf:"bytes,4,opt,name=max_backoff,json=maxBackoff,proto3" json:"max_backoff,omitempty"`
 	// Fraction of the backoff added or removed at random, 0 to 1.
 	Jitter        *float64 `protobuf:"fixed64,5,opt,name=jitter,proto3,oneof" json:"jitter,omitempty"`

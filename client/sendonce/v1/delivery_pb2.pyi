@@ -342,16 +342,20 @@ class RetryPolicy(_message.Message):
     max_attempts: _builtins.int
     """1 to 20; 0 means unset."""
     multiplier: _builtins.float
-    """At least 1; 0 means unset."""
+    """1 to 100, finite (not NaN nor infinity); 0 means unset."""
     jitter: _builtins.float
     """Fraction of the backoff added or removed at random, 0 to 1."""
     @_builtins.property
     def initial_backoff(self) -> _duration_pb2.Duration:
-        """Wait after the first failed attempt; unset means the channel's."""
+        """Wait after the first failed attempt; unset means the channel's. 0 to 365 days
+        (31536000 s), nanos 0 to 999999999; anything else is INVALID_ARGUMENT.
+        """
 
     @_builtins.property
     def max_backoff(self) -> _duration_pb2.Duration:
-        """Longest wait between two attempts; unset means the channel's."""
+        """Longest wait between two attempts; unset means the channel's. initial_backoff to 365
+        days (31536000 s), nanos 0 to 999999999.
+        """
 
     def __init__(
         self,

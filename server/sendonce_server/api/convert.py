@@ -57,6 +57,9 @@ _ATTEMPT_RESULT = {
 }
 
 
+_MAX_NANOS = 999_999_999
+
+
 def _priority(value: pb.Priority.ValueType) -> Priority:
     """A value this sidecar does not know (added to the proto after it was built) is UNSPECIFIED.
 
@@ -88,9 +91,16 @@ def notification(message: pb.Notification, limits: Limits) -> Notification:
 
 
 def _seconds(duration: Duration, field: str) -> float:
+    """A Duration as seconds; its range is the engine's (`RetryPolicy`) to check."""
     if duration.seconds < 0 or duration.nanos < 0:
         raise InvalidInput(field, "must not be negative")
-    return float(duration.ToTimedelta().total_seconds())
+    if duration.nanos > _MAX_NANOS:
+        # A valid Duration's nanos are below one second (google/protobuf/duration.proto).
+        raise InvalidInput(
+            f"{field}.nanos", f"must be between 0 and {_MAX_NANOS}, got {duration.nanos}"
+        )
+    # Not ToTimedelta: it overflows (a timedelta ends at 999999999 days); a float does not.
+    return duration.seconds + duration.nanos / 1e9
 
 
 def retry_policy(request: pb.DeliverRequest, base: RetryPolicy) -> RetryPolicy:

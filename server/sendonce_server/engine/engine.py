@@ -112,7 +112,8 @@ class Engine:
         self._unreleased: dict[str, tuple[Key, float]] = {}
         self._releaser: asyncio.Task[None] | None = None
         self.breakers = {
-            r.name: CircuitBreaker(r.breaker, self.clock.now) for r in self.receivers.values()
+            r.name: CircuitBreaker(r.breaker, self.clock.now, r.name)
+            for r in self.receivers.values()
         }
         self.counts = {name: ReceiverCounts() for name in self.receivers}
         self._waiting = 0
@@ -148,7 +149,7 @@ class Engine:
         goes on and is recorded either way.
         """
         result = await self._deliver(key, notification, policy, persisted_attempts, timeout)
-        self.observer.answered(key.channel, result)
+        self.observer.answered(key, result)
         return result
 
     async def _deliver(
@@ -168,7 +169,12 @@ class Engine:
             joined = flight is not None
             if flight is None:
                 request = DeliverRequest(
-                    key, notification, fingerprint, policy or receiver.policy, receiver
+                    key,
+                    notification,
+                    fingerprint,
+                    policy or receiver.policy,
+                    receiver,
+                    self.breakers[receiver.name],
                 )
                 flight = self._launch(request, persisted_attempts)
             elif flight.request.fingerprint != fingerprint:
@@ -263,6 +269,42 @@ class Engine:
             await asyncio.wait(tasks, timeout=grace)
         return sum(not task.done() for task in tasks)
 
+    def reconfigure(
+        self,
+        receivers: Sequence[Receiver],
+        redact: Callable[[Notification], Notification] | None = None,
+    ) -> list[Receiver]:
+        """Serve `receivers` from now on; returns the receivers they replace, to `retire`.
+
+        A running flight keeps the receiver and breaker it began with. A receiver whose name
+        and breaker settings stay keeps its breaker's state: an open breaker stays open.
+        """
+        breakers = {}
+        for receiver in receivers:
+            previous = self.receivers.get(receiver.name)
+            if previous is not None and previous.breaker == receiver.breaker:
+                breakers[receiver.name] = self.breakers[receiver.name]
+            else:
+                breakers[receiver.name] = CircuitBreaker(
+                    receiver.breaker, self.clock.now, receiver.name
+                )
+        replaced = list(self.receivers.values())
+        self.receivers = {receiver.name: receiver for receiver in receivers}
+        self.breakers = breakers
+        # Counted by name since the process started, across reloads.
+        self.counts = {r.name: self.counts.get(r.name) or ReceiverCounts() for r in receivers}
+        self._redact = redact
+        return replaced
+
+    async def retire(self, receivers: Sequence[Receiver]) -> None:
+        """Close the channels of `receivers` once no flight of this process uses them."""
+        retiring = {id(receiver) for receiver in receivers}
+        flights = [f.task for f in self._flights.values() if id(f.request.receiver) in retiring]
+        if flights:
+            await asyncio.wait(flights)
+        for receiver in receivers:
+            await receiver.channel.close()
+
     async def close(self) -> None:
         if self._releaser is not None:
             self._releaser.cancel()
@@ -314,7 +356,7 @@ class Engine:
                     idempotency_key=flight.request.key.idempotency_key,
                 )
                 if decision.outcome is Outcome.CIRCUIT_OPEN:
-                    breaker = self.breakers[flight.request.receiver.name]
+                    breaker = flight.request.breaker
                     result = replace(result, retry_after=breaker.retry_after() or 0.0)
                 return result
             if flight.persisted_attempts > asked:
@@ -360,7 +402,7 @@ class Engine:
         the background while its lease holds, so that an attempt never sent is not counted.
         """
         request = flight.request
-        breaker = self.breakers[request.receiver.name]
+        breaker = request.breaker
         permitted = breaker.acquire()
         reserve = ReserveRequest(
             fingerprint=request.fingerprint,
@@ -456,7 +498,8 @@ class Engine:
         started = time.monotonic()
         if self._redact is not None:
             notification = self._redact(notification)
-        counts = self.counts[receiver.name]
+        # A receiver removed by a reload while this attempt ran is counted nowhere any more.
+        counts = self.counts.get(receiver.name) or ReceiverCounts()
         counts.started += 1
         counts.in_flight += 1
         try:
@@ -466,7 +509,7 @@ class Engine:
         finally:
             counts.in_flight -= 1
         _count(counts, sent.status)
-        self.breakers[receiver.name].record(sent.status)
+        request.breaker.record(sent.status)
         self._after_send(key, lease)
         retry_delay = 0.0  # only a retryable failure waits before the next attempt
         if sent.status is SendStatus.RETRYABLE:
