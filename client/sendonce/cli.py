@@ -21,6 +21,7 @@ from typing import Final, NoReturn
 
 import grpc
 
+from sendonce import health
 from sendonce.client import ADDRESS_ENV, DEFAULT_ADDRESS, TOKEN_ENV, Client
 from sendonce.errors import SendonceError
 from sendonce.types import (
@@ -90,6 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except SystemExit as exit_:  # --help and --version print and exit 0
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    if "run" in args:  # a command with its own output and exit status
+        with client:
+            status: int = args.run(client, args)
+        return status
     command: Callable[[Client, argparse.Namespace], Result] = args.command
     try:
         with client:
@@ -277,9 +282,11 @@ def _parser() -> argparse.ArgumentParser:
     clear.add_argument("channels", nargs="*", metavar="CHANNEL")
     clear.add_argument("--force", action="store_true", help="remove at once, keeping no tombstone")
 
+    probe = health.add_parser(commands)
+
     # The common options also work after the command (`sendonce attempts u c --json`); SUPPRESS
     # keeps a subcommand from overwriting a value given before it.
-    for sub in (deliver, attempts, receivers, listing, clear):
+    for sub in (deliver, attempts, receivers, listing, clear, probe):
         _add_common(sub, suppress=True)
     return parser
 

@@ -19,6 +19,7 @@ from typing import Final, Self
 
 import grpc
 import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sendonce.errors import (
     Cancelled,
@@ -350,6 +351,24 @@ class Client(_ClientBase):
             raise error_from_rpc(error) from error
         return delivery_page_from_pb(response)
 
+    def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """The sidecar's standard health status for `service` (grpc.health.v1), e.g. "SERVING".
+
+        `service` "" is the process (liveness); "sendonce.v1.DeliveryService" is ready to
+        deliver (readiness: follows the store).
+
+        Raises:
+            SendonceError: a subclass per gRPC status, e.g. NotFound for an unknown service.
+        """
+        request = health_pb2.HealthCheckRequest(service=service)
+        try:
+            response = health_pb2_grpc.HealthStub(self._channel).Check(
+                request, timeout=_or(timeout, self.timeout), metadata=self._metadata
+            )
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
+        return _serving_status(response)
+
     def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
         self._channel.close()
@@ -506,6 +525,18 @@ class AsyncClient(_ClientBase):
             raise error_from_rpc(error) from error
         return delivery_page_from_pb(response)
 
+    async def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """The sidecar's standard health status for `service`; see `Client.health`."""
+        self._bound_stub()  # opens the channel in this loop
+        request = health_pb2.HealthCheckRequest(service=service)
+        try:
+            response = await health_pb2_grpc.HealthStub(self._channel).Check(
+                request, timeout=_or(timeout, self.timeout), metadata=self._metadata
+            )
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
+        return _serving_status(response)
+
     async def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
         self._closed = True
@@ -525,6 +556,10 @@ class AsyncClient(_ClientBase):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+def _serving_status(response: health_pb2.HealthCheckResponse) -> str:
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
 
 def _or(timeout: float | None, default: float) -> float:

@@ -252,3 +252,21 @@ async def test_both_clients_and_the_cli_read_the_sidecars_error_details(cli: Cli
         "sendonce.dev",
     )
     assert [v["field"] for v in error["field_violations"]] == ["retry_policy.max_attempts"]
+
+
+async def test_both_clients_read_the_health_service() -> None:
+    sidecar = await start(ServerSettings(listen="127.0.0.1:0"), NOOP)
+    address = sidecar.addresses[0]
+    try:
+        with Client(address) as client:
+            process = await asyncio.to_thread(client.health)
+            with pytest.raises(NotFound):
+                await asyncio.to_thread(client.health, "no.such.Service")
+        async with AsyncClient(address) as aclient:
+            ready = await aclient.health("sendonce.v1.DeliveryService")
+            await sidecar.health.enter_graceful_shutdown()
+            draining = await aclient.health("sendonce.v1.DeliveryService")
+    finally:
+        await sidecar.stop()
+
+    assert (process, ready, draining) == ("SERVING", "SERVING", "NOT_SERVING")

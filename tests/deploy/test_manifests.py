@@ -1,5 +1,10 @@
-"""The Kubernetes manifests of deploy/kubernetes/, checked offline, as a cluster and the sidecar
-would take them.
+"""The Kubernetes manifests of deploy/kubernetes/, each overlay rendered by `kubectl kustomize`
+(as `kubectl apply -k` would) and checked offline, as a cluster and the sidecar would take them.
+
+- The native sidecar (an init container with `restartPolicy: Always`) is ready before the
+  controller starts; the plain variant is the same sidecar as a second container. Disruption
+  budgets only where there are replicas to spare; network policies admit Prometheus to the
+  metrics port and only the controller's pods to Redis.
 
 - Every object validates against Kubernetes' own JSON schemas (strict: an unknown or misspelt
   field fails) for the oldest version the manifests support and the newest the schema package
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import json
 import os
 import re
@@ -46,11 +52,11 @@ Manifest = dict[str, Any]
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy" / "kubernetes"
-VARIANTS = ["controller-with-sidecar.yaml", "controller-with-redis.yaml"]
-SHARED = ["servicemonitor.yaml"]  # applied beside either variant
-# The oldest Kubernetes the manifests are for (the preStop `sleep` action is on by default from
-# 1.30), and the newest whose schemas the installed kubernetes-validate ships.
-KUBERNETES_VERSIONS = ["1.30", kubernetes_validate.utils.latest_version()]
+# Each overlay, rendered as `kubectl apply -k` would, and the oldest Kubernetes it is for: native
+# sidecars are on by default from 1.29; gRPC probes, which the plain variant needs, from 1.27.
+VARIANTS = {"sqlite": "1.29", "redis": "1.29", "sqlite-plain-sidecar": "1.27"}
+NATIVE = ["sqlite", "redis"]
+SHARED = ["servicemonitor.yaml"]  # applied beside any overlay
 # Custom resources: no core schema; checked by hand below.
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 # Flags issue 5 ("Ready for production") adds to the server. The manifests may use them before
@@ -67,6 +73,51 @@ SIDECAR = "sendonce"
 SERVICE = "sendonce.v1.DeliveryService"
 # Seconds the process may take to exit after its grace ends, before the kubelet's SIGKILL.
 EXIT_MARGIN = 3
+# What the controller itself takes to exit after SIGTERM, as the pod's grace period assumes: a
+# native sidecar is stopped only after that.
+CONTROLLER_EXIT = 5
+
+
+# Where no kubectl is installed: the standalone kustomize at the version kubectl 1.32 embeds,
+# built from the Go module proxy into .venv/gobin (as scripts/gen-proto does the protoc plugins).
+KUSTOMIZE = "sigs.k8s.io/kustomize/kustomize/v5@v5.5.0"
+
+
+def kustomize_command() -> list[str]:
+    """`kubectl kustomize`, else `kustomize build` (installed with Go if need be).
+
+    With neither kubectl nor Go: skipped, or failed under CI=true.
+    """
+    if kubectl := shutil.which("kubectl"):
+        return [kubectl, "kustomize"]
+    gobin = ROOT / ".venv" / "gobin"
+    kustomize = gobin / "kustomize"
+    if not kustomize.exists() and (go := shutil.which("go")):
+        subprocess.run(
+            [go, "install", KUSTOMIZE],
+            env={**os.environ, "GOBIN": str(gobin)},
+            capture_output=True,
+            timeout=600,
+            check=True,
+        )
+    if kustomize.exists():
+        return [str(kustomize), "build"]
+    reason = "neither kubectl nor Go is on PATH: the overlays cannot be rendered"
+    if os.environ.get("CI") == "true":
+        raise RuntimeError(f"{reason}; under CI=true this fails instead of skipping")
+    pytest.skip(reason, allow_module_level=True)
+
+
+def render(overlay: str) -> list[Manifest]:
+    rendered = subprocess.run(
+        [*kustomize_command(), str(DEPLOY / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    return [document for document in yaml.safe_load_all(rendered.stdout) if document]
 
 
 def load(name: str) -> list[Manifest]:
@@ -74,12 +125,19 @@ def load(name: str) -> list[Manifest]:
         return [document for document in yaml.safe_load_all(file) if document]
 
 
-MANIFESTS = {path.name: load(path.name) for path in sorted(DEPLOY.glob("*.yaml"))}
+MANIFESTS = {variant: render(variant) for variant in VARIANTS} | {
+    name: load(name) for name in SHARED
+}
 
 
 def file_set(variant: str) -> list[Manifest]:
-    """What an operator applies together: a variant and the shared files."""
+    """What an operator applies together: an overlay and the shared files."""
     return [*MANIFESTS[variant], *(doc for name in SHARED for doc in MANIFESTS[name])]
+
+
+def containers(pod: Manifest) -> list[Manifest]:
+    """Every container of a pod spec, init containers (native sidecars among them) first."""
+    return [*pod.get("initContainers", []), *pod["containers"]]
 
 
 def named(docs: list[Manifest], kind: str) -> dict[str, Manifest]:
@@ -100,7 +158,7 @@ def sidecar_pod(docs: list[Manifest]) -> tuple[Manifest, Manifest]:
     found = [
         (template["spec"], container)
         for template in pod_specs(docs).values()
-        for container in template["spec"]["containers"]
+        for container in containers(template["spec"])
         if container["name"] == SIDECAR
     ]
     assert len(found) == 1, f"expected one {SIDECAR!r} container, found {len(found)}"
@@ -192,19 +250,25 @@ def port_of(address: str) -> int:
 
 # --- schemas ------------------------------------------------------------------------------------
 
+# Each overlay against the schemas of its oldest Kubernetes and of the newest the installed
+# kubernetes-validate ships.
 SCHEMA_CASES = [
     pytest.param(doc, version, id=f"{name}:{doc['kind']}/{doc['metadata']['name']}@{version}")
-    for name, docs in MANIFESTS.items()
-    for doc in docs
+    for name, oldest in VARIANTS.items()
+    for doc in MANIFESTS[name]
     if (doc["apiVersion"], doc["kind"]) not in CRDS
-    for version in KUBERNETES_VERSIONS
+    for version in dict.fromkeys([oldest, kubernetes_validate.utils.latest_version()])
 ]
 
 
 def test_the_file_sets_cover_every_manifest() -> None:
-    assert sorted(MANIFESTS) == sorted([*VARIANTS, *SHARED])
+    overlays = sorted(path.name for path in (DEPLOY / "overlays").iterdir())
+    assert overlays == sorted(VARIANTS)
+    assert sorted(path.name for path in DEPLOY.glob("*.yaml")) == sorted(SHARED)
     for docs in MANIFESTS.values():
         assert docs, "an empty manifest file"
+    for name in SHARED:
+        assert all((doc["apiVersion"], doc["kind"]) in CRDS for doc in MANIFESTS[name])
 
 
 @pytest.mark.parametrize(("doc", "version"), SCHEMA_CASES)
@@ -304,7 +368,7 @@ def reference_problems(docs: list[Manifest]) -> list[str]:
             claim = volume.get("persistentVolumeClaim", {}).get("claimName")
             if claim is not None and claim not in claims:
                 problems.append(f"{where}: no PersistentVolumeClaim {claim!r}")
-        for container in pod["containers"]:
+        for container in containers(pod):
             where = f"Deployment {name} container {container['name']}"
             paths = [mount["mountPath"] for mount in container.get("volumeMounts", [])]
             if len(paths) != len(set(paths)):
@@ -345,7 +409,7 @@ def reference_problems(docs: list[Manifest]) -> list[str]:
         return {
             value
             for template in chosen
-            for container in template["spec"]["containers"]
+            for container in containers(template["spec"])
             for port in container.get("ports", [])
             for value in (port["containerPort"], port.get("name"))
             if value is not None
@@ -384,8 +448,8 @@ def test_every_reference_between_the_objects_resolves(variant: str) -> None:
 
 def test_a_broken_reference_is_reported() -> None:
     """The checker itself: each kind of dangling reference it looks for is found."""
-    docs = yaml.safe_load_all((DEPLOY / VARIANTS[0]).read_text())
-    broken = [doc for doc in docs if doc and doc["kind"] != "ConfigMap"]
+    docs = copy.deepcopy(MANIFESTS["sqlite"])
+    broken = [doc for doc in docs if doc["kind"] != "ConfigMap"]
     _, sidecar = sidecar_pod(broken)
     sidecar["volumeMounts"].append({"name": "nope", "mountPath": "/nope"})
     sidecar["readinessProbe"]["grpc"]["port"] = 50052
@@ -438,7 +502,7 @@ def test_every_file_the_sidecar_reads_is_mounted_from_the_right_object(variant: 
     flags = flag_values(sidecar["args"])
     files = mounted_files(docs, pod, sidecar)
     token_file = flags["--auth-token-file"]
-    controller = next(c for c in pod["containers"] if c["name"] != SIDECAR)
+    controller = next(c for c in containers(pod) if c["name"] != SIDECAR)
     controller_env = {variable["name"]: variable for variable in controller["env"]}
 
     # The receivers file comes from the ConfigMap, and is one the server accepts.
@@ -478,10 +542,94 @@ def test_probes_and_shutdown_fit_the_server(variant: str) -> None:
         assert probe["port"] == listen
         # A name the health service does not know answers NOT_FOUND: the probe would never pass.
         assert probe.get("service", "") in {"", SERVICE}
-    # The kubelet counts the preStop hook in the grace period, then SIGKILLs.
-    pre_stop = sidecar["lifecycle"]["preStop"]["sleep"]["seconds"]
     grace = float(flags.get("--shutdown-grace", "25"))
-    assert pre_stop + grace + EXIT_MARGIN <= pod["terminationGracePeriodSeconds"]
+    if variant in NATIVE:
+        # The kubelet stops a native sidecar once the controller has exited, within the one
+        # grace period of the pod; no preStop hook is needed to outlive the controller.
+        assert "lifecycle" not in sidecar
+        assert CONTROLLER_EXIT + grace + EXIT_MARGIN <= pod["terminationGracePeriodSeconds"]
+    else:
+        # Both get SIGTERM at once: the sidecar's preStop sleep serves the controller's last
+        # calls (an exec sleep: the `sleep` action needs 1.30). The kubelet counts the hook in the
+        # grace period, then SIGKILLs.
+        command = sidecar["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[0] == "sleep"
+        pre_stop = float(command[1])
+        assert pre_stop >= CONTROLLER_EXIT
+        assert pre_stop + grace + EXIT_MARGIN <= pod["terminationGracePeriodSeconds"]
+
+
+@pytest.mark.parametrize("variant", NATIVE)
+def test_the_native_sidecar_is_ready_before_the_controller_starts(variant: str) -> None:
+    pod, sidecar = sidecar_pod(file_set(variant))
+
+    # An init container that keeps running: the kubelet starts the next containers once its
+    # startupProbe passes, and stops it after them.
+    assert [c["name"] for c in pod["initContainers"]] == [SIDECAR]
+    assert sidecar["restartPolicy"] == "Always"
+    assert "grpc" in sidecar["startupProbe"]
+    assert [c["name"] for c in pod["containers"]] == ["controller"]
+
+
+def test_the_plain_variant_is_the_native_one_with_the_sidecar_as_a_second_container() -> None:
+    native_pod, native = sidecar_pod(file_set("sqlite"))
+    plain_pod, plain = sidecar_pod(file_set("sqlite-plain-sidecar"))
+
+    assert "initContainers" not in plain_pod
+    assert [c["name"] for c in plain_pod["containers"]] == ["controller", SIDECAR]
+    assert {key: value for key, value in plain.items() if key != "lifecycle"} == {
+        key: value for key, value in native.items() if key != "restartPolicy"
+    }
+    assert plain_pod["volumes"] == native_pod["volumes"]
+
+
+def test_disruption_budgets_only_where_there_are_replicas_to_spare() -> None:
+    for variant in VARIANTS:
+        docs = MANIFESTS[variant]
+        budgets = named(docs, "PodDisruptionBudget")
+        for name, deployment in named(docs, "Deployment").items():
+            labels = deployment["spec"]["template"]["metadata"]["labels"]
+            covering = [
+                budget
+                for budget in budgets.values()
+                if selects(budget["spec"]["selector"]["matchLabels"], labels)
+            ]
+            if deployment["spec"]["replicas"] > 1:
+                # One pod at a time: a drain never takes the delivering replicas all at once.
+                [budget] = covering
+                assert budget["spec"] == {**budget["spec"], "maxUnavailable": 1}
+            else:
+                # A budget on a single replica could only block every drain.
+                assert covering == [], f"{variant}: {name}"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_network_policies_admit_only_prometheus_to_the_pods_and_the_pods_to_redis(
+    variant: str,
+) -> None:
+    docs = file_set(variant)
+    policies = named(docs, "NetworkPolicy")
+    controller = policies["example-controller"]["spec"]
+    _, sidecar = sidecar_pod(docs)
+    metrics = {port["name"]: port["containerPort"] for port in sidecar["ports"]}
+
+    assert controller["policyTypes"] == ["Ingress"]  # receivers are anywhere: egress stays open
+    [rule] = controller["ingress"]
+    assert rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    [port] = rule["ports"]
+    assert metrics.get(port["port"], port["port"]) == port_of(
+        flag_values(sidecar["args"])["--metrics-listen"]
+    )
+    if variant == "redis":
+        redis = policies["sendonce-redis"]["spec"]
+        [redis_rule] = redis["ingress"]
+        assert redis_rule["from"] == [
+            {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "example-controller"}}}
+        ]
+    else:
+        assert set(policies) == {"example-controller"}
 
 
 def test_every_container_runs_unprivileged_with_a_read_only_root() -> None:
@@ -490,7 +638,7 @@ def test_every_container_runs_unprivileged_with_a_read_only_root() -> None:
     for name, docs in MANIFESTS.items():
         for deployment, template in pod_specs(docs).items():
             pod = template["spec"]
-            for container in pod["containers"]:
+            for container in containers(pod):
                 where = f"{name}: {deployment}/{container['name']}"
                 context = {**pod.get("securityContext", {}), **container["securityContext"]}
                 assert context["runAsNonRoot"] is True, where
@@ -504,7 +652,7 @@ def test_every_container_runs_unprivileged_with_a_read_only_root() -> None:
 
 
 def test_the_redis_variant_shares_one_durable_store_and_the_other_stays_single() -> None:
-    docs = MANIFESTS["controller-with-redis.yaml"]
+    docs = MANIFESTS["redis"]
     deployments = named(docs, "Deployment")
     _, sidecar = sidecar_pod(docs)
     store = flag_values(sidecar["args"])["--store"]
@@ -520,7 +668,7 @@ def test_the_redis_variant_shares_one_durable_store_and_the_other_stays_single()
         )
     ]
     redis_args = flag_values(redis["spec"]["template"]["spec"]["containers"][0]["args"][1:])
-    single = MANIFESTS["controller-with-sidecar.yaml"]
+    single = MANIFESTS["sqlite"]
     [single_controller] = [d for d in named(single, "Deployment").values()]
     _, single_sidecar = sidecar_pod(single)
 
@@ -548,7 +696,7 @@ def redis_server_or_skip() -> str:
 
 
 def test_redis_server_accepts_the_manifests_arguments(tmp_path: Path) -> None:
-    docs = MANIFESTS["controller-with-redis.yaml"]
+    docs = MANIFESTS["redis"]
     [container] = named(docs, "Deployment")["sendonce-redis"]["spec"]["template"]["spec"][
         "containers"
     ]
@@ -641,7 +789,7 @@ async def test_the_sidecar_serves_with_each_variants_arguments_and_files(
     if missing:
         pytest.skip(f"sendonce-server does not have {sorted(missing)} yet (planned by issue 5)")
     args, address, metrics = materialise(docs, tmp_path)
-    if variant == "controller-with-redis.yaml":
+    if variant == "redis":
         index = args.index("--store") + 1
         args[index] = request.getfixturevalue("redis_url")
     token = secret_value(named(docs, "Secret")["sendonce-auth"], "token")
