@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import version
 from pathlib import Path
@@ -28,9 +29,12 @@ from sendonce.types import (
     CircuitState,
     ClearResult,
     DeliverResult,
+    DeliveryPage,
+    DeliveryState,
     Link,
     Notification,
     Priority,
+    Receiver,
     RetryPolicy,
 )
 
@@ -55,7 +59,25 @@ CERT_ENV: Final = "SENDONCE_TLS_CLIENT_CERT_FILE"
 KEY_ENV: Final = "SENDONCE_TLS_CLIENT_KEY_FILE"
 SERVER_NAME_ENV: Final = "SENDONCE_TLS_SERVER_NAME"
 
-Result = DeliverResult | AttemptCountResult | ClearResult
+
+@dataclass(frozen=True, slots=True)
+class Receivers:
+    """The answer of `sendonce receivers`."""
+
+    receivers: tuple[Receiver, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UidAttempts:
+    """The answer of `sendonce attempts UID` without a channel: each channel with a record."""
+
+    uid: str
+    channels: Mapping[str, AttemptCountResult]
+    #: Every configured receiver, also those without a record of the uid.
+    configured: tuple[str, ...]
+
+
+Result = DeliverResult | AttemptCountResult | ClearResult | Receivers | UidAttempts | DeliveryPage
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,10 +144,47 @@ def _deliver(client: Client, args: argparse.Namespace) -> DeliverResult:
     )
 
 
-def _attempts(client: Client, args: argparse.Namespace) -> AttemptCountResult:
-    return client.attempt_count(
-        args.uid, args.channel, persisted_attempts=args.persisted_attempts, timeout=args.timeout
-    )
+def _attempts(client: Client, args: argparse.Namespace) -> AttemptCountResult | UidAttempts:
+    if args.channel is not None:
+        return client.attempt_count(
+            args.uid, args.channel, persisted_attempts=args.persisted_attempts, timeout=args.timeout
+        )
+    # Every configured receiver, asked one by one: the list is bounded by the receivers file.
+    names = tuple(receiver.name for receiver in client.list_receivers(timeout=args.timeout))
+    channels = {}
+    for name in names:
+        state = client.attempt_count(args.uid, name, timeout=args.timeout)
+        if state.found:
+            channels[name] = state
+    return UidAttempts(args.uid, channels, names)
+
+
+def _list(client: Client, args: argparse.Namespace) -> DeliveryPage:
+    def page(token: str) -> DeliveryPage:
+        return client.list_deliveries(
+            state=None if args.state is None else DeliveryState(args.state),
+            channel=args.channel or "",
+            uid=args.uid or "",
+            updated_after=args.since,
+            updated_before=args.until,
+            page_size=args.page_size,
+            page_token=token,
+            timeout=args.timeout,
+        )
+
+    first = page(args.page_token)
+    if not args.all:
+        return first
+    deliveries, token = list(first.deliveries), first.next_page_token
+    while token:
+        more = page(token)
+        deliveries += more.deliveries
+        token = more.next_page_token
+    return DeliveryPage(tuple(deliveries))
+
+
+def _receivers(client: Client, args: argparse.Namespace) -> Receivers:
+    return Receivers(client.list_receivers(timeout=args.timeout))
 
 
 def _clear(client: Client, args: argparse.Namespace) -> ClearResult:
@@ -184,11 +243,38 @@ def _parser() -> argparse.ArgumentParser:
     deliver.add_argument("--jitter", type=float, metavar="FRACTION")
     deliver.add_argument("--persisted-attempts", type=_count, default=0, metavar="N")
 
-    attempts = commands.add_parser("attempts", help="show the state and history of a key")
+    attempts = commands.add_parser(
+        "attempts",
+        help="show the state and history of a key (of every channel of the uid without CHANNEL)",
+    )
     attempts.set_defaults(command=_attempts)
     attempts.add_argument("uid")
-    attempts.add_argument("channel")
-    attempts.add_argument("--persisted-attempts", type=_count, default=0, metavar="N")
+    attempts.add_argument("channel", nargs="?")
+    attempts.add_argument(
+        "--persisted-attempts", type=_count, default=0, metavar="N", help="with CHANNEL only"
+    )
+
+    receivers = commands.add_parser(
+        "receivers", help="list the receivers: type, circuit breaker, attempt counts"
+    )
+    receivers.set_defaults(command=_receivers)
+
+    listing = commands.add_parser(
+        "list", help="list deliveries by state, channel, uid and time, newest first"
+    )
+    listing.set_defaults(command=_list)
+    listing.add_argument(
+        "--state", choices=[s.value for s in DeliveryState if s is not DeliveryState.UNKNOWN]
+    )
+    listing.add_argument("--channel")
+    listing.add_argument("--uid")
+    listing.add_argument(
+        "--since", type=_instant, metavar="TIME", help="ISO 8601, UTC unless it has an offset"
+    )
+    listing.add_argument("--until", type=_instant, metavar="TIME", help="as --since, exclusive")
+    listing.add_argument("--page-size", type=_count, default=0, metavar="N", help="default 50")
+    listing.add_argument("--page-token", default="", metavar="TOKEN", help="from the last page")
+    listing.add_argument("--all", action="store_true", help="follow every page")
 
     clear = commands.add_parser("clear", help="forget a notification (all channels by default)")
     clear.set_defaults(command=_clear)
@@ -200,7 +286,7 @@ def _parser() -> argparse.ArgumentParser:
 
     # The common options also work after the command (`sendonce attempts u c --json`); SUPPRESS
     # keeps a subcommand from overwriting a value given before it.
-    for sub in (deliver, attempts, clear, probe):
+    for sub in (deliver, attempts, receivers, listing, clear, probe):
         _add_common(sub, suppress=True)
     return parser
 
@@ -341,6 +427,14 @@ def _seconds(text: str) -> timedelta:
     return timedelta(seconds=value)
 
 
+def _instant(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an ISO 8601 time, got {text!r}") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 def _positive_seconds(text: str) -> float:
     value = float(text)
     if value <= 0:
@@ -432,6 +526,12 @@ def render(result: Result) -> str:
         return _render_deliver(result)
     if isinstance(result, AttemptCountResult):
         return _render_attempts(result)
+    if isinstance(result, UidAttempts):
+        return _render_uid_attempts(result)
+    if isinstance(result, Receivers):
+        return _render_receivers(result)
+    if isinstance(result, DeliveryPage):
+        return _render_deliveries(result)
     return _render_clear(result)
 
 
@@ -477,6 +577,8 @@ def _render_attempts(result: AttemptCountResult) -> str:
     if result.circuit in (CircuitState.OPEN, CircuitState.HALF_OPEN):
         facts.append(f"circuit {result.circuit.value.replace('_', '-')}")
     lines = [f"{state}: {', '.join(facts)}"]
+    if result.idempotency_key:
+        lines.append(f"idempotency key: {result.idempotency_key}")
     if result.retry_after is not None:
         lines.append(f"retry after: {_duration(result.retry_after)}")
     if result.last_error:
@@ -493,12 +595,73 @@ def _render_attempts(result: AttemptCountResult) -> str:
             )
             for attempt in result.history
         ]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        lines += [
-            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-            for row in rows
-        ]
+        lines.append(_table(rows))
     return "\n".join(lines)
+
+
+def _render_uid_attempts(result: UidAttempts) -> str:
+    if not result.channels:
+        configured = ", ".join(result.configured) or "none"
+        return f"not found on any channel (configured: {configured})"
+    blocks = []
+    for channel, state in result.channels.items():
+        lines = _render_attempts(state).splitlines()
+        blocks.append("\n".join([f"{channel}: {lines[0]}", *(f"  {line}" for line in lines[1:])]))
+    return "\n".join(blocks)
+
+
+def _render_receivers(result: Receivers) -> str:
+    rows = [
+        ("name", "type", "circuit", "failures", "in flight", "started", "ok", "failed", "permanent")
+    ]
+    for receiver in result.receivers:
+        circuit = receiver.circuit.value.replace("_", "-")
+        if receiver.circuit_retry_after is not None:
+            circuit += f" (probe in {_duration(receiver.circuit_retry_after)})"
+        rows.append(
+            (
+                receiver.name,
+                receiver.type,
+                circuit,
+                str(receiver.consecutive_failures),
+                str(receiver.attempts_in_flight),
+                str(receiver.attempts_started),
+                str(receiver.attempts_succeeded),
+                str(receiver.attempts_failed),
+                str(receiver.attempts_failed_permanent),
+            )
+        )
+    return _table(rows)
+
+
+def _render_deliveries(result: DeliveryPage) -> str:
+    if not result.deliveries:
+        lines = ["no deliveries"]
+    else:
+        rows = [("uid", "channel", "state", "updated (UTC)", "attempts", "last error")]
+        rows += [
+            (
+                d.uid,
+                d.channel,
+                d.state.value.replace("_", " "),
+                "-" if d.update_time is None else _timestamp(d.update_time),
+                f"{d.attempts_used}/{d.max_attempts}",
+                d.last_error,
+            )
+            for d in result.deliveries
+        ]
+        lines = [_table(rows)]
+    if result.next_page_token:
+        lines.append(f"more: --page-token {result.next_page_token}")
+    return "\n".join(lines)
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
 
 
 def _render_clear(result: ClearResult) -> str:

@@ -2,8 +2,8 @@
 
 Both have the same methods, arguments and result types; only `await` differs. Every call has a
 deadline, and gRPC's built-in retry (configured through the channel's service config, never by
-hand) repeats calls that fail with UNAVAILABLE. That is safe for all three methods: Deliver is
-idempotent by design, AttemptCount only reads and Clear converges.
+hand) repeats calls that fail with UNAVAILABLE. That is safe for every method: Deliver is
+idempotent by design, Clear converges, and the others only read.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Final, Self
 
@@ -38,7 +39,10 @@ from sendonce.types import (
     AttemptCountResult,
     ClearResult,
     DeliverResult,
+    DeliveryPage,
+    DeliveryState,
     Notification,
+    Receiver,
     RetryPolicy,
     attempt_count_request_to_pb,
     attempt_count_result_from_pb,
@@ -46,6 +50,10 @@ from sendonce.types import (
     clear_result_from_pb,
     deliver_request_to_pb,
     deliver_result_from_pb,
+    delivery_page_from_pb,
+    list_deliveries_request_to_pb,
+    list_receivers_request_to_pb,
+    receivers_from_pb,
 )
 from sendonce.v1 import delivery_pb2_grpc
 
@@ -279,6 +287,70 @@ class Client(_ClientBase):
             raise error_from_rpc(error) from error
         return clear_result_from_pb(response)
 
+    def list_receivers(self, *, timeout: float | None = None) -> tuple[Receiver, ...]:
+        """The configured receivers, by name: type, circuit breaker and attempt counts.
+
+        Counts are of the attempts the answering sidecar process made since it started. No
+        receiver setting (URL, token, address) is ever part of the answer.
+
+        Args:
+            timeout: deadline in seconds; defaults to the client's timeout.
+
+        Raises:
+            SendonceError: a subclass per gRPC status.
+        """
+        try:
+            response = self._stub.ListReceivers(
+                list_receivers_request_to_pb(),
+                timeout=_or(timeout, self.timeout),
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
+        return receivers_from_pb(response)
+
+    def list_deliveries(
+        self,
+        *,
+        state: DeliveryState | None = None,
+        channel: str = "",
+        uid: str = "",
+        updated_after: datetime | None = None,
+        updated_before: datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> DeliveryPage:
+        """One page of the keys the sidecar's store holds, newest change first.
+
+        Cleared keys are not listed. Every filter given must hold. Pass the answer's
+        `next_page_token` (with the same filters) for the next page; an empty one means the
+        list is done. A page may be shorter than `page_size` and still have a next one.
+
+        Args:
+            state: only keys in this state.
+            channel: only this channel.
+            uid: only this uid.
+            updated_after: only keys changed at or after this (timezone-aware) time.
+            updated_before: only keys changed before this (timezone-aware) time.
+            page_size: at most this many per page (0: 50; above 1000: 1000).
+            page_token: where to go on, from the previous page.
+            timeout: deadline in seconds; defaults to the client's timeout.
+
+        Raises:
+            SendonceError: a subclass per gRPC status (InvalidArgument for a bad token).
+        """
+        request = list_deliveries_request_to_pb(
+            state, channel, uid, updated_after, updated_before, page_size, page_token
+        )
+        try:
+            response = self._stub.ListDeliveries(
+                request, timeout=_or(timeout, self.timeout), metadata=self._metadata
+            )
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
+        return delivery_page_from_pb(response)
+
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The sidecar's standard health status for `service` (grpc.health.v1), e.g. "SERVING".
 
@@ -416,6 +488,42 @@ class AsyncClient(_ClientBase):
         except grpc.RpcError as error:
             raise error_from_rpc(error) from error
         return clear_result_from_pb(response)
+
+    async def list_receivers(self, *, timeout: float | None = None) -> tuple[Receiver, ...]:
+        """The configured receivers; see `Client.list_receivers`."""
+        try:
+            response = await self._bound_stub().ListReceivers(
+                list_receivers_request_to_pb(),
+                timeout=_or(timeout, self.timeout),
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
+        return receivers_from_pb(response)
+
+    async def list_deliveries(
+        self,
+        *,
+        state: DeliveryState | None = None,
+        channel: str = "",
+        uid: str = "",
+        updated_after: datetime | None = None,
+        updated_before: datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> DeliveryPage:
+        """One page of the keys the sidecar's store holds; see `Client.list_deliveries`."""
+        request = list_deliveries_request_to_pb(
+            state, channel, uid, updated_after, updated_before, page_size, page_token
+        )
+        try:
+            response = await self._bound_stub().ListDeliveries(
+                request, timeout=_or(timeout, self.timeout), metadata=self._metadata
+            )
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
+        return delivery_page_from_pb(response)
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The sidecar's standard health status for `service`; see `Client.health`."""

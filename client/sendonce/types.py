@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from sendonce.v1 import delivery_pb2
 
@@ -22,11 +22,15 @@ __all__ = [
     "AttemptResult",
     "ClearResult",
     "DeliverResult",
+    "Delivery",
+    "DeliveryPage",
+    "DeliveryState",
     "Link",
     "Notification",
     "Outcome",
     "Priority",
     "Receipt",
+    "Receiver",
     "RetryPolicy",
 ]
 
@@ -72,6 +76,22 @@ class CircuitState(enum.Enum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
+
+
+class DeliveryState(enum.Enum):
+    """Where a delivery stands, as `list_deliveries` files it."""
+
+    #: A value this client version does not know (sent by a newer sidecar).
+    UNKNOWN = "unknown"
+    #: An attempt is running: the receiver has not answered yet.
+    IN_FLIGHT = "in_flight"
+    #: The last attempt failed with a retryable error and attempts are left.
+    FAILED = "failed"
+    #: The attempt budget is spent; final.
+    EXHAUSTED = "exhausted"
+    #: An attempt failed with a permanent error; final.
+    FAILED_PERMANENT = "failed_permanent"
+    DELIVERED = "delivered"
 
 
 class AttemptResult(enum.Enum):
@@ -146,6 +166,9 @@ class DeliverResult:
     #: True when nothing more will ever be sent for the key.
     final: bool = False
     receipt: Receipt | None = None
+    #: The idempotency key the receiver sees for (uid, channel) on every attempt (e.g. the
+    #: webhook's Idempotency-Key header, PagerDuty's dedup_key): find the notification there.
+    idempotency_key: str = ""
 
     @property
     def delivered(self) -> bool:
@@ -190,6 +213,8 @@ class AttemptCountResult:
     cleared: bool = False
     #: The channel's circuit breaker.
     circuit: CircuitState = CircuitState.UNKNOWN
+    #: The idempotency key the receiver sees for (uid, channel), as in DeliverResult.
+    idempotency_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +225,59 @@ class ClearResult:
     cleared_channels: tuple[str, ...] = ()
     #: Channels whose attempt is still running: it finishes and is recorded (never cancelled).
     running_channels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Receiver:
+    """A configured receiver as the answering sidecar process sees it (never its settings).
+
+    The counts are of the attempts that process made since it started.
+    """
+
+    name: str
+    #: The channel type, e.g. "webhook".
+    type: str
+    circuit: CircuitState
+    #: While the circuit is open: how long until a probe may go through.
+    circuit_retry_after: timedelta | None = None
+    #: Retryable failures in a row; the breaker opens at its configured threshold.
+    consecutive_failures: int = 0
+    #: The attempt budget per key when a request sets none.
+    max_attempts: int = 0
+    attempts_started: int = 0
+    #: Attempts still waiting for the receiver's answer.
+    attempts_in_flight: int = 0
+    attempts_succeeded: int = 0
+    #: Retryable failures, timeouts included.
+    attempts_failed: int = 0
+    attempts_failed_permanent: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One key as `list_deliveries` shows it."""
+
+    uid: str
+    channel: str
+    state: DeliveryState
+    #: When the key last changed (its last attempt's start or end), timezone-aware in UTC;
+    #: None when the sidecar made no attempt itself.
+    update_time: datetime | None
+    attempts_used: int
+    max_attempts: int
+    last_error: str = ""
+    #: With state FAILED: how long until the next attempt may start.
+    retry_after: timedelta | None = None
+    idempotency_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPage:
+    """One page of `list_deliveries`: pass `next_page_token` to get the next one."""
+
+    deliveries: tuple[Delivery, ...]
+    #: Empty when there is no next page.
+    next_page_token: str = ""
 
 
 # --- protobuf conversions (not public) ---------------------------------------------------------
@@ -214,6 +292,12 @@ _CIRCUIT_FROM_PB = {
     for c in CircuitState
     if c is not CircuitState.UNKNOWN
 }
+_DELIVERY_STATE_TO_PB: dict[DeliveryState, delivery_pb2.DeliveryState.ValueType] = {
+    s: delivery_pb2.DeliveryState.Value(f"DELIVERY_STATE_{s.name}")
+    for s in DeliveryState
+    if s is not DeliveryState.UNKNOWN
+}
+_DELIVERY_STATE_FROM_PB = {value: state for state, value in _DELIVERY_STATE_TO_PB.items()}
 _ATTEMPT_RESULT_FROM_PB = {
     delivery_pb2.AttemptResult.Value(f"ATTEMPT_RESULT_{r.name}"): r
     for r in AttemptResult
@@ -313,6 +397,7 @@ def deliver_result_from_pb(message: delivery_pb2.DeliverResponse) -> DeliverResu
         shared=message.shared,
         final=message.final,
         receipt=receipt,
+        idempotency_key=message.idempotency_key,
     )
 
 
@@ -342,6 +427,7 @@ def attempt_count_result_from_pb(message: delivery_pb2.AttemptCountResponse) -> 
         history=tuple(attempt_from_pb(entry) for entry in message.history),
         cleared=message.cleared,
         circuit=_CIRCUIT_FROM_PB.get(message.circuit, CircuitState.UNKNOWN),
+        idempotency_key=message.idempotency_key,
     )
 
 
@@ -350,4 +436,90 @@ def clear_result_from_pb(message: delivery_pb2.ClearResponse) -> ClearResult:
     return ClearResult(
         cleared_channels=tuple(message.cleared_channels),
         running_channels=tuple(message.running_channels),
+    )
+
+
+def list_receivers_request_to_pb() -> delivery_pb2.ListReceiversRequest:
+    """The wire form of a ListReceivers call."""
+    return delivery_pb2.ListReceiversRequest()
+
+
+def receivers_from_pb(message: delivery_pb2.ListReceiversResponse) -> tuple[Receiver, ...]:
+    """Typed Receivers from the wire."""
+    return tuple(
+        Receiver(
+            name=receiver.name,
+            type=receiver.type,
+            circuit=_CIRCUIT_FROM_PB.get(receiver.circuit, CircuitState.UNKNOWN),
+            circuit_retry_after=(
+                receiver.circuit_retry_after.ToTimedelta()
+                if receiver.HasField("circuit_retry_after")
+                else None
+            ),
+            consecutive_failures=receiver.consecutive_failures,
+            max_attempts=receiver.max_attempts,
+            attempts_started=receiver.attempts_started,
+            attempts_in_flight=receiver.attempts_in_flight,
+            attempts_succeeded=receiver.attempts_succeeded,
+            attempts_failed=receiver.attempts_failed,
+            attempts_failed_permanent=receiver.attempts_failed_permanent,
+        )
+        for receiver in message.receivers
+    )
+
+
+def _timestamp_to_pb(value: datetime) -> timestamp_pb2.Timestamp:
+    if value.tzinfo is None:
+        raise ValueError("updated_after and updated_before must be timezone-aware")
+    message = timestamp_pb2.Timestamp()
+    message.FromDatetime(value.astimezone(UTC))
+    return message
+
+
+def list_deliveries_request_to_pb(
+    state: DeliveryState | None,
+    channel: str,
+    uid: str,
+    updated_after: datetime | None,
+    updated_before: datetime | None,
+    page_size: int,
+    page_token: str,
+) -> delivery_pb2.ListDeliveriesRequest:
+    """The wire form of a ListDeliveries call."""
+    request = delivery_pb2.ListDeliveriesRequest(
+        state=delivery_pb2.DELIVERY_STATE_UNSPECIFIED
+        if state is None
+        else _DELIVERY_STATE_TO_PB[state],
+        channel=channel,
+        uid=uid,
+        page_size=page_size,
+        page_token=page_token,
+    )
+    if updated_after is not None:
+        request.updated_after.CopyFrom(_timestamp_to_pb(updated_after))
+    if updated_before is not None:
+        request.updated_before.CopyFrom(_timestamp_to_pb(updated_before))
+    return request
+
+
+def delivery_page_from_pb(message: delivery_pb2.ListDeliveriesResponse) -> DeliveryPage:
+    """A typed DeliveryPage from the wire."""
+    return DeliveryPage(
+        deliveries=tuple(
+            Delivery(
+                uid=d.uid,
+                channel=d.channel,
+                state=_DELIVERY_STATE_FROM_PB.get(d.state, DeliveryState.UNKNOWN),
+                update_time=d.update_time.ToDatetime(tzinfo=UTC)
+                if d.HasField("update_time")
+                else None,
+                attempts_used=d.attempts_used,
+                max_attempts=d.max_attempts,
+                last_error=d.last_error,
+                retry_after=d.retry_after.ToTimedelta() if d.HasField("retry_after") else None,
+                idempotency_key=d.idempotency_key,
+            )
+            for d in message.deliveries
+        ),
+        next_page_token=message.next_page_token,
     )

@@ -152,7 +152,15 @@ async def build_receivers(config: ReceiversFile) -> list[Receiver]:
             if isinstance(error, ConfigError):
                 raise
             raise ConfigError(f"receiver {receiver.name!r}: {error}") from None
-        receivers.append(Receiver(receiver.name, channel, policy, receiver.breaker.settings()))
+        receivers.append(
+            Receiver(
+                receiver.name,
+                channel,
+                policy,
+                receiver.breaker.settings(),
+                kind=receiver.type,
+            )
+        )
     return receivers
 
 

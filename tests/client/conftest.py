@@ -25,7 +25,9 @@ from sendonce import (
     ClearResult,
     Client,
     DeliverResult,
+    DeliveryPage,
     Notification,
+    Receiver,
 )
 from sendonce.v1 import delivery_pb2, delivery_pb2_grpc
 
@@ -56,6 +58,8 @@ class FakeServicer(delivery_pb2_grpc.DeliveryServiceServicer):
         self.deliver_response = delivery_pb2.DeliverResponse()
         self.attempt_count_response = delivery_pb2.AttemptCountResponse()
         self.clear_response = delivery_pb2.ClearResponse()
+        self.list_receivers_response = delivery_pb2.ListReceiversResponse()
+        self.list_deliveries_response = delivery_pb2.ListDeliveriesResponse()
         # Served one per call, before any answer: e.g. two UNAVAILABLE then the response.
         self.aborts: list[tuple[grpc.StatusCode, str]] = []
         # Trailing metadata sent with the aborts (e.g. grpc-status-details-bin).
@@ -88,6 +92,18 @@ class FakeServicer(delivery_pb2_grpc.DeliveryServiceServicer):
     ) -> delivery_pb2.ClearResponse:
         await self._serve("Clear", request, context)
         return self.clear_response
+
+    async def ListReceivers(
+        self, request: delivery_pb2.ListReceiversRequest, context: Context
+    ) -> delivery_pb2.ListReceiversResponse:
+        await self._serve("ListReceivers", request, context)
+        return self.list_receivers_response
+
+    async def ListDeliveries(
+        self, request: delivery_pb2.ListDeliveriesRequest, context: Context
+    ) -> delivery_pb2.ListDeliveriesResponse:
+        await self._serve("ListDeliveries", request, context)
+        return self.list_deliveries_response
 
     async def _serve(self, method: str, request: Message, context: Context) -> None:
         metadata = {key: value for key, value in context.invocation_metadata() or ()}
@@ -179,6 +195,16 @@ class Twin:
         if isinstance(self.client, AsyncClient):
             return await self.client.clear(uid, channels, **kwargs)
         return self.client.clear(uid, channels, **kwargs)
+
+    async def list_deliveries(self, **kwargs: Any) -> DeliveryPage:
+        if isinstance(self.client, AsyncClient):
+            return await self.client.list_deliveries(**kwargs)
+        return self.client.list_deliveries(**kwargs)
+
+    async def list_receivers(self, **kwargs: Any) -> tuple[Receiver, ...]:
+        if isinstance(self.client, AsyncClient):
+            return await self.client.list_receivers(**kwargs)
+        return self.client.list_receivers(**kwargs)
 
 
 Connect = Callable[..., Twin]

@@ -40,6 +40,7 @@ HISTORY = delivery_pb2.AttemptCountResponse(
     in_flight=True,
     retry_after=duration_pb2.Duration(seconds=30),
     last_error="HTTP 503",
+    idempotency_key="msg_0123456789abcdef0123456789abcdef",
     history=[
         delivery_pb2.Attempt(
             number=1,
@@ -120,6 +121,7 @@ def test_failed_delivery_is_an_answer(
         "shared": False,
         "final": False,
         "receipt": None,
+        "idempotency_key": "",
     }
     assert_deadline(server.servicer.calls[-1].time_remaining, 2)
 
@@ -131,6 +133,7 @@ def test_attempts(server: RunningServer, capsys: pytest.CaptureFixture[str]) -> 
 
     assert capsys.readouterr().out.splitlines() == [
         "open: 2 of 5 attempts used, 3 remaining, in flight",
+        "idempotency key: msg_0123456789abcdef0123456789abcdef",
         "retry after: 30s",
         "last error: HTTP 503",
         "#  started (UTC)            duration  result   error",

@@ -19,8 +19,11 @@ from sendonce import (
     Attempt,
     AttemptResult,
     Cancelled,
+    CircuitState,
     Client,
     DeadlineExceeded,
+    Delivery,
+    DeliveryState,
     FieldViolation,
     InvalidArgument,
     Link,
@@ -31,6 +34,7 @@ from sendonce import (
     PermissionDenied,
     Priority,
     Receipt,
+    Receiver,
     ResourceExhausted,
     RetryPolicy,
     SendonceError,
@@ -132,6 +136,7 @@ async def test_deliver_result_is_typed(twin: Twin, server: RunningServer) -> Non
         shared=True,
         final=True,
         receipt=delivery_pb2.Receipt(reference="HTTP 200", details={"status_code": "200"}),
+        idempotency_key="msg_0123456789abcdef0123456789abcdef",
     )
 
     result = await twin.deliver("uid-1", "ops", NOTE)
@@ -141,6 +146,7 @@ async def test_deliver_result_is_typed(twin: Twin, server: RunningServer) -> Non
     assert result.retry_after == timedelta(seconds=90.5)
     assert (result.last_error, result.shared, result.final) == ("HTTP 503", True, True)
     assert result.receipt == Receipt("HTTP 200", {"status_code": "200"})
+    assert result.idempotency_key == "msg_0123456789abcdef0123456789abcdef"
     assert result.delivered
     assert not result.gave_up
 
@@ -168,6 +174,7 @@ async def test_attempt_count_result_is_typed(twin: Twin, server: RunningServer) 
         retry_after=duration_pb2.Duration(seconds=30),
         last_error="HTTP 503",
         cleared=True,
+        idempotency_key="msg_fedcba9876543210fedcba9876543210",
         history=[
             delivery_pb2.Attempt(
                 number=1,
@@ -200,6 +207,7 @@ async def test_attempt_count_result_is_typed(twin: Twin, server: RunningServer) 
     )
     assert result.retry_after == timedelta(seconds=30)
     assert result.last_error == "HTTP 503"
+    assert result.idempotency_key == "msg_fedcba9876543210fedcba9876543210"
     assert result.history == (
         Attempt(
             number=1,
@@ -225,6 +233,110 @@ async def test_clear_result_is_typed(twin: Twin, server: RunningServer) -> None:
     result = await twin.clear("uid-1")
     assert result.cleared_channels == ("ops", "mail")
     assert result.running_channels == ("pager",)
+
+
+async def test_list_receivers_result_is_typed(twin: Twin, server: RunningServer) -> None:
+    server.servicer.list_receivers_response = delivery_pb2.ListReceiversResponse(
+        receivers=[
+            delivery_pb2.Receiver(
+                name="hook",
+                type="webhook",
+                circuit=delivery_pb2.CIRCUIT_STATE_OPEN,
+                circuit_retry_after=duration_pb2.Duration(seconds=42),
+                consecutive_failures=5,
+                max_attempts=7,
+                attempts_started=9,
+                attempts_in_flight=1,
+                attempts_succeeded=2,
+                attempts_failed=5,
+                attempts_failed_permanent=1,
+            ),
+            delivery_pb2.Receiver(
+                name="ops", type="slack", circuit=delivery_pb2.CircuitState.ValueType(99)
+            ),
+        ]
+    )
+
+    hook, ops = await twin.list_receivers(timeout=3)
+
+    assert hook == Receiver(
+        name="hook",
+        type="webhook",
+        circuit=CircuitState.OPEN,
+        circuit_retry_after=timedelta(seconds=42),
+        consecutive_failures=5,
+        max_attempts=7,
+        attempts_started=9,
+        attempts_in_flight=1,
+        attempts_succeeded=2,
+        attempts_failed=5,
+        attempts_failed_permanent=1,
+    )
+    assert (ops.name, ops.circuit, ops.circuit_retry_after) == ("ops", CircuitState.UNKNOWN, None)
+    assert_deadline(server.servicer.calls[-1].time_remaining, 3)
+
+
+async def test_list_deliveries_sends_the_filters_and_is_typed(
+    twin: Twin, server: RunningServer
+) -> None:
+    server.servicer.list_deliveries_response = delivery_pb2.ListDeliveriesResponse(
+        deliveries=[
+            delivery_pb2.Delivery(
+                uid="uid-1",
+                channel="ops",
+                state=delivery_pb2.DELIVERY_STATE_FAILED,
+                update_time=timestamp_pb2.Timestamp(seconds=1_700_000_000),
+                attempts_used=2,
+                max_attempts=5,
+                last_error="HTTP 503",
+                retry_after=duration_pb2.Duration(seconds=30),
+                idempotency_key="msg_0123456789abcdef0123456789abcdef",
+            ),
+            delivery_pb2.Delivery(
+                uid="uid-2", channel="ops", state=delivery_pb2.DeliveryState.ValueType(42)
+            ),
+        ],
+        next_page_token="tok",
+    )
+    since = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+    page = await twin.list_deliveries(
+        state=DeliveryState.FAILED,
+        channel="ops",
+        updated_after=since,
+        page_size=10,
+        page_token="prev",
+        timeout=3,
+    )
+
+    request = server.servicer.last(delivery_pb2.ListDeliveriesRequest)
+    assert (request.state, request.channel, request.uid) == (
+        delivery_pb2.DELIVERY_STATE_FAILED,
+        "ops",
+        "",
+    )
+    assert request.updated_after.ToDatetime(tzinfo=UTC) == since
+    assert not request.HasField("updated_before")
+    assert (request.page_size, request.page_token) == (10, "prev")
+    assert_deadline(server.servicer.calls[-1].time_remaining, 3)
+    assert page.next_page_token == "tok"
+    assert page.deliveries[0] == Delivery(
+        uid="uid-1",
+        channel="ops",
+        state=DeliveryState.FAILED,
+        update_time=datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC),
+        attempts_used=2,
+        max_attempts=5,
+        last_error="HTTP 503",
+        retry_after=timedelta(seconds=30),
+        idempotency_key="msg_0123456789abcdef0123456789abcdef",
+    )
+    unknown = page.deliveries[1]
+    assert (unknown.state, unknown.update_time, unknown.retry_after) == (
+        DeliveryState.UNKNOWN,
+        None,
+        None,
+    )
 
 
 # .keys(): the generated enum wrappers are not dicts, so iterating them does not work.

@@ -213,6 +213,8 @@ async def test_buf_curl_lists_the_services_through_reflection_and_delivers_json(
         methods[1].split()
     )
     assert delivered[0] == 0, delivered[2]
+    delivered_key = json.loads(delivered[1]).get("idempotencyKey", "")
+    assert delivered_key.startswith("msg_")
     # Proto3 JSON: camelCase names, enum names, zero values left out.
     assert json.loads(delivered[1]) == {
         "outcome": "OUTCOME_DELIVERED",
@@ -221,6 +223,7 @@ async def test_buf_curl_lists_the_services_through_reflection_and_delivers_json(
         "maxAttempts": 5,
         "final": True,
         "receipt": {"reference": "stdout"},
+        "idempotencyKey": delivered_key,
     }
     assert again[0] == 0, again[2]
     assert json.loads(again[1])["outcome"] == "OUTCOME_ALREADY_DELIVERED"
@@ -239,6 +242,8 @@ async def test_buf_curl_lists_the_services_through_reflection_and_delivers_json(
     printed = [line for line in sidecar.stdout.lines if '"uid":"buf-curl-1"' in line]
     assert len(printed) == 1
     assert json.loads(printed[0])["metadata"] == {"cluster": "prod"}
+    # The key in the answer is the one the receiver (here the console line) got.
+    assert json.loads(printed[0])["idempotency_key"] == delivered_key
 
 
 def _unpadded_b64(value: str) -> bytes:

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from sendonce_server.engine import decisions
 from sendonce_server.engine.decisions import Completion, Decision, ReserveRequest
+from sendonce_server.engine.listing import DeliveryPage, DeliveryQuery, select
 from sendonce_server.engine.model import Key, Record
 
 
@@ -46,6 +47,9 @@ class ModelStore:
 
     async def read(self, key: Key, now: float) -> Record | None:
         return self._get(key, now)
+
+    async def list_deliveries(self, query: DeliveryQuery, now: float) -> DeliveryPage:
+        return select(list(self.records.items()), query, now)
 
     async def clear(
         self, uid: str, channels: Sequence[str], force: bool, now: float

@@ -164,7 +164,7 @@ async def test_health_and_reflection_answer(children: Children, tmp_path: Path) 
         SERVICE,
     ]
     assert file_name == "sendonce/v1/delivery.proto"
-    assert methods == ["Deliver", "AttemptCount", "Clear"]
+    assert methods == ["Deliver", "AttemptCount", "Clear", "ListReceivers", "ListDeliveries"]
 
 
 # --- bad configuration -------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from redis.crc import key_slot
 from sendonce_server.config import ServerSettings
 from sendonce_server.engine.decisions import Completion, Decision, Reserved, ReserveRequest
 from sendonce_server.engine.engine import Engine, EngineSettings, Receiver
+from sendonce_server.engine.listing import DeliveryQuery, DeliveryState
 from sendonce_server.engine.model import AttemptResult, Key, Notification, Outcome, Record
 from sendonce_server.engine.policy import RetryPolicy
 from sendonce_server.engine.ports import SendResult, StateUnavailable
@@ -82,10 +83,33 @@ async def test_keys_of_a_notification_share_one_cluster_slot(
     for channel in ("hook", "mail", "pager"):
         await store.reserve(Key(KEY.uid, channel), REQUEST, now=0.0)
 
-    keys = [key async for key in raw.scan_iter(match=f"{prefix}*")]
+    keys = [key async for key in raw.scan_iter(match=f"{prefix}{{{KEY.uid}}}*")]
 
     assert len(keys) == 7  # three records, three fencing counters, one index
     assert len({key_slot(key) for key in keys}) == 1
+
+
+async def test_the_deliveries_index_is_a_sorted_set_per_state_with_a_ttl(
+    store: RedisStore, raw: aioredis.Redis, prefix: str
+) -> None:
+    for channel in ("hook", "mail"):
+        await store.reserve(Key(KEY.uid, channel), REQUEST, now=0.0)
+    before = await raw.info("commandstats")
+
+    page = await store.list_deliveries(DeliveryQuery(state=DeliveryState.IN_FLIGHT), time.time())
+
+    after = await raw.info("commandstats")
+    index = f"{prefix}{{deliveries}}:in_flight".encode()
+    assert await raw.type(index) == b"zset"
+    assert await raw.zrange(index, 0, -1) == [
+        f"hook\n{KEY.uid}".encode(),
+        f"mail\n{KEY.uid}".encode(),
+    ]
+    assert 3600 < await raw.ttl(index) <= 3600 + 3600
+    assert [key for key, _ in page.entries] == [Key(KEY.uid, "mail"), Key(KEY.uid, "hook")]
+    # Found through the index: never a walk of the keyspace.
+    for command in ("cmdstat_scan", "cmdstat_keys"):
+        assert before.get(command, {}).get("calls") == after.get(command, {}).get("calls")
 
 
 @pytest.mark.parametrize("uid", ["}x", "}", " }"])
@@ -95,7 +119,14 @@ async def test_a_uid_that_would_empty_the_hash_tag_gets_a_hashed_one_in_one_slot
     for channel in ("hook", "mail"):
         await store.reserve(Key(uid, channel), REQUEST, now=0.0)
 
-    keys = sorted([key.decode() async for key in raw.scan_iter(match=f"{prefix}*")])
+    # The uid's own keys; the deliveries index has a slot of its own.
+    keys = sorted(
+        [
+            key.decode()
+            async for key in raw.scan_iter(match=f"{prefix}*")
+            if not key.startswith(f"{prefix}{{deliveries}}".encode())
+        ]
+    )
     digest = hashlib.sha256(uid.encode()).hexdigest()
 
     assert hash_tag(uid) == f"{{ {digest}}}"

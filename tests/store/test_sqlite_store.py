@@ -26,8 +26,10 @@ from sendonce_server.engine.decisions import (
     ReserveRequest,
     Running,
 )
-from sendonce_server.engine.model import AttemptResult, Key, Record, Status
+from sendonce_server.engine.listing import DeliveryQuery, DeliveryState
+from sendonce_server.engine.model import AttemptEntry, AttemptResult, Key, Record, Status
 from sendonce_server.engine.ports import StateUnavailable
+from sendonce_server.store import codec
 from sendonce_server.store.sqlite import SqliteStore
 
 T0 = 1_800_000_000.0
@@ -353,3 +355,42 @@ async def test_a_caller_cancelled_while_queued_fails_no_one_else(tmp_path: Path)
     assert errors == []
     # The cancelled caller's step ran all the same (the engine counts a reserve as done).
     assert set(on_disk(path)) == {GATE, gone, kept}
+
+
+async def test_a_file_from_before_list_deliveries_gets_its_state_columns(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    failed = Record(
+        fingerprint="fp",
+        max_attempts=3,
+        attempts=1,
+        last_error="HTTP 503",
+        history=[AttemptEntry(1, 100.0, AttemptResult.FAILED, 100.5, "HTTP 503", 1)],
+        expires_at=10_000.0,
+    )
+    delivered = Record(
+        fingerprint="fp",
+        max_attempts=3,
+        attempts=1,
+        status=Status.DELIVERED,
+        history=[AttemptEntry(1, 200.0, AttemptResult.SUCCEEDED, 200.5, "", 1)],
+        expires_at=10_000.0,
+    )
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute(
+            "CREATE TABLE records (uid TEXT NOT NULL, channel TEXT NOT NULL, data TEXT NOT NULL, "
+            "expires_at REAL NOT NULL, PRIMARY KEY (uid, channel)) WITHOUT ROWID"
+        )
+        for uid, record in (("u-failed", failed), ("u-delivered", delivered)):
+            db.execute(
+                "INSERT INTO records VALUES (?, 'hook', ?, ?)",
+                (uid, codec.dumps(record), record.expires_at),
+            )
+    store = SqliteStore(path)
+    try:
+        page = await store.list_deliveries(DeliveryQuery(), 300.0)
+        only_failed = await store.list_deliveries(DeliveryQuery(state=DeliveryState.FAILED), 300.0)
+    finally:
+        await store.close()
+
+    assert [key.uid for key, _ in page.entries] == ["u-delivered", "u-failed"]
+    assert [key.uid for key, _ in only_failed.entries] == ["u-failed"]

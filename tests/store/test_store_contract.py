@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -18,6 +19,7 @@ from sendonce_server.engine.decisions import (
     Running,
     Verdict,
 )
+from sendonce_server.engine.listing import DeliveryQuery, DeliveryState
 from sendonce_server.engine.model import AttemptResult, Key, Outcome, Receipt, Status
 from sendonce_server.engine.ports import Store
 from tests.rules.stores import STORES, make_store
@@ -428,3 +430,115 @@ async def test_uids_that_differ_only_around_braces_keep_separate_records(store: 
         record = await store.read(Key(uid, "hook"), T0)
         assert record is not None
         assert record.fingerprint == f"fp-{n}"
+
+
+# --- ListDeliveries ----------------------------------------------------------------------------
+
+
+async def attempt(
+    store: Store, key: Key, now: float, result: AttemptResult | None, max_attempts: int = 3
+) -> None:
+    """One attempt for `key` started at `now`, finished half a second later unless None."""
+    decision = await store.reserve(key, request(max_attempts=max_attempts), now)
+    assert isinstance(decision, Reserved), decision
+    if result is not None:
+        await store.complete(key, done(decision, result), now + 0.5)
+
+
+async def listed(store: Store, now: float, **filters: Any) -> list[tuple[str, str]]:
+    """Every (uid, channel) the query lists, page after page, checking each page's size."""
+    limit = filters.pop("limit", 100)
+    keys: list[tuple[str, str]] = []
+    after = None
+    while True:
+        page = await store.list_deliveries(DeliveryQuery(limit=limit, after=after, **filters), now)
+        assert len(page.entries) <= limit
+        keys += [(key.uid, key.channel) for key, _ in page.entries]
+        if page.next is None:
+            return keys
+        after = page.next
+
+
+async def test_list_deliveries_by_state_newest_first(store: Store) -> None:
+    await attempt(store, Key("delivered", "hook"), T0, AttemptResult.SUCCEEDED)
+    await attempt(store, Key("failed", "hook"), T0 + 1, AttemptResult.FAILED)
+    await attempt(store, Key("permanent", "hook"), T0 + 2, AttemptResult.FAILED_PERMANENT)
+    await attempt(store, Key("exhausted", "hook"), T0 + 3, AttemptResult.FAILED, max_attempts=1)
+    await attempt(store, Key("running", "hook"), T0 + 4, None)
+    await attempt(store, Key("abandoned", "hook"), T0 - LEASE, None)  # its lease ended by T0+5
+    await attempt(store, Key("cleared", "hook"), T0 + 5, AttemptResult.FAILED)
+    await store.clear("cleared", [], False, T0 + 6)
+    now = T0 + 7
+
+    assert await listed(store, now, state=DeliveryState.DELIVERED) == [("delivered", "hook")]
+    assert await listed(store, now, state=DeliveryState.FAILED) == [
+        ("failed", "hook"),
+        ("abandoned", "hook"),
+    ]
+    assert await listed(store, now, state=DeliveryState.FAILED_PERMANENT) == [("permanent", "hook")]
+    assert await listed(store, now, state=DeliveryState.EXHAUSTED) == [("exhausted", "hook")]
+    assert await listed(store, now, state=DeliveryState.IN_FLIGHT) == [("running", "hook")]
+    assert await listed(store, now) == [
+        ("running", "hook"),
+        ("exhausted", "hook"),
+        ("permanent", "hook"),
+        ("failed", "hook"),
+        ("delivered", "hook"),
+        ("abandoned", "hook"),
+    ]
+    # The running attempt fails: it moves from one list to the other.
+    record = await store.read(Key("running", "hook"), now)
+    assert record is not None
+    assert record.lease is not None
+    lease = record.lease
+    await store.complete(
+        Key("running", "hook"),
+        Completion(lease.attempt, lease.token, AttemptResult.FAILED, error="HTTP 500"),
+        now,
+    )
+    assert await listed(store, now, state=DeliveryState.IN_FLIGHT) == []
+    assert (await listed(store, now, state=DeliveryState.FAILED))[0] == ("running", "hook")
+
+
+async def test_list_deliveries_pages_through_everything_once(store: Store) -> None:
+    expected = []
+    for i in range(11):
+        key = Key(f"uid-{i:02}", ("hook", "ops")[i % 2])
+        # Three at the same instant: ties on time are ordered by channel, then uid.
+        await attempt(store, key, T0 + i // 3, AttemptResult.FAILED)
+        expected.append(key)
+    expected.sort(key=lambda k: (T0 + int(k.uid[-2:]) // 3, k.channel, k.uid), reverse=True)
+
+    for limit in (1, 3, 4, 11, 50):
+        keys = await listed(store, T0 + 10, state=DeliveryState.FAILED, limit=limit)
+        assert keys == [(k.uid, k.channel) for k in expected], limit
+
+
+async def test_list_deliveries_filters_by_channel_uid_and_time(store: Store) -> None:
+    for i in range(6):
+        await attempt(store, Key(f"uid-{i}", "hook"), T0 + i, AttemptResult.SUCCEEDED)
+        await attempt(store, Key(f"uid-{i}", "ops"), T0 + i, AttemptResult.FAILED)
+    now = T0 + 10
+
+    assert await listed(store, now, channel="ops", state=DeliveryState.DELIVERED) == []
+    assert await listed(store, now, channel="ops", limit=2) == [
+        (f"uid-{i}", "ops") for i in reversed(range(6))
+    ]
+    assert await listed(store, now, uid="uid-3") == [("uid-3", "ops"), ("uid-3", "hook")]
+    assert await listed(store, now, uid="uid-3", state=DeliveryState.DELIVERED) == [
+        ("uid-3", "hook")
+    ]
+    assert await listed(store, now, channel="hook", since=T0 + 2, until=T0 + 4) == [
+        ("uid-3", "hook"),
+        ("uid-2", "hook"),
+    ]
+
+
+async def test_list_deliveries_forgets_expired_and_force_cleared_records(store: Store) -> None:
+    later = T0 + LEASE + RETENTION + 1  # the first record has expired
+    await attempt(store, Key("old", "hook"), T0, AttemptResult.FAILED)
+    await attempt(store, Key("gone", "hook"), later, AttemptResult.FAILED)
+    await attempt(store, Key("new", "hook"), later, AttemptResult.FAILED)
+    await store.clear("gone", [], True, later + 1)
+
+    assert await listed(store, later + 2) == [("new", "hook")]

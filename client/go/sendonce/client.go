@@ -36,8 +36,8 @@ const (
 )
 
 // retryServiceConfig lets gRPC itself retry calls that fail with UNAVAILABLE: up to 5 tries,
-// 0.1 s to 2 s apart, within the call's deadline. Safe for all three methods: Deliver is
-// idempotent, AttemptCount only reads and Clear converges.
+// 0.1 s to 2 s apart, within the call's deadline. Safe for every method: Deliver is
+// idempotent, Clear converges and the others only read.
 const retryServiceConfig = `{
   "methodConfig": [{
     "name": [{"service": "sendonce.v1.DeliveryService"}],
@@ -62,7 +62,7 @@ type Options struct {
 	TLS *tls.Config
 	// DeliverTimeout bounds a Deliver whose context has no deadline (default 30 s).
 	DeliverTimeout time.Duration
-	// Timeout bounds AttemptCount and Clear calls whose context has no deadline (default 5 s).
+	// Timeout bounds the calls other than Deliver whose context has no deadline (default 5 s).
 	Timeout time.Duration
 	// DialOptions are appended to the client's own (e.g. interceptors).
 	DialOptions []grpc.DialOption
@@ -178,6 +178,35 @@ func (c *Client) Clear(
 	response, err := c.stub.Clear(ctx, &sendoncev1.ClearRequest{
 		Uid: uid, Channels: channels, Force: force,
 	})
+	if err != nil {
+		return nil, wrap(err)
+	}
+	return response, nil
+}
+
+// ListReceivers lists the configured receivers by name: type, circuit breaker and the
+// attempts the answering sidecar process made through each since it started. It never shows
+// a receiver's settings (URLs, tokens, addresses).
+func (c *Client) ListReceivers(ctx context.Context) ([]*sendoncev1.Receiver, error) {
+	ctx, cancel := withDefaultTimeout(ctx, c.timeout)
+	defer cancel()
+	response, err := c.stub.ListReceivers(ctx, &sendoncev1.ListReceiversRequest{})
+	if err != nil {
+		return nil, wrap(err)
+	}
+	return response.GetReceivers(), nil
+}
+
+// ListDeliveries answers one page of the keys the sidecar's store holds, newest change
+// first, filtered by the request's state, channel, uid and time. Pass the answer's
+// NextPageToken as the request's PageToken (other fields unchanged) for the next page; an
+// empty one means the list is done. A page may be short and still have a next one.
+func (c *Client) ListDeliveries(
+	ctx context.Context, request *sendoncev1.ListDeliveriesRequest,
+) (*sendoncev1.ListDeliveriesResponse, error) {
+	ctx, cancel := withDefaultTimeout(ctx, c.timeout)
+	defer cancel()
+	response, err := c.stub.ListDeliveries(ctx, request)
 	if err != nil {
 		return nil, wrap(err)
 	}

@@ -1,13 +1,16 @@
 package sendonce_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -26,6 +29,43 @@ import (
 type sidecar struct {
 	address string
 	socket  string
+	// stdout is what the process printed: the console receiver's JSON lines.
+	stdout *lockedBuffer
+}
+
+// lockedBuffer collects a process's output while the test reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// consoleLine waits for the console receiver's line of uid and decodes it.
+func (s sidecar) consoleLine(t *testing.T, uid string) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, line := range strings.Split(s.stdout.String(), "\n") {
+			var document map[string]any
+			if json.Unmarshal([]byte(line), &document) == nil && document["uid"] == uid {
+				return document
+			}
+		}
+		time.Sleep(10 * time.Millisecond) // the process's output arrives through a pipe
+	}
+	t.Fatalf("no console line for %s in %q", uid, s.stdout.String())
+	return nil
 }
 
 // serverCommand is $SENDONCE_SERVER, else the repository's .venv/bin/sendonce-server.
@@ -58,11 +98,16 @@ func freePort(t *testing.T) string {
 // returns once its health service answers SERVING.
 func startSidecar(t *testing.T, args ...string) sidecar {
 	t.Helper()
-	s := sidecar{address: freePort(t), socket: filepath.Join(t.TempDir(), "sendonce.sock")}
+	s := sidecar{
+		address: freePort(t),
+		socket:  filepath.Join(t.TempDir(), "sendonce.sock"),
+		stdout:  &lockedBuffer{},
+	}
 	args = append([]string{"--listen", s.address, "--unix-socket", s.socket}, args...)
 	cmd := exec.Command(serverCommand(t), args...)
-	var stderr strings.Builder
+	var stderr lockedBuffer
 	cmd.Stderr = &stderr
+	cmd.Stdout = s.stdout
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -139,12 +184,86 @@ func TestDeliverOnceThenAlreadyDelivered(t *testing.T) {
 	if !state.GetSucceeded() || state.GetAttemptsUsed() != 1 || len(state.GetHistory()) != 1 {
 		t.Errorf("attempt count: %v", state)
 	}
+	sent := s.consoleLine(t, key)["idempotency_key"]
+	if first.IdempotencyKey == "" || first.IdempotencyKey != sent ||
+		second.IdempotencyKey != sent || state.GetIdempotencyKey() != sent {
+		t.Errorf("idempotency keys: receiver got %v, answers %q %q %q",
+			sent, first.IdempotencyKey, second.IdempotencyKey, state.GetIdempotencyKey())
+	}
 	cleared, err := client.Clear(ctx, key, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := cleared.GetClearedChannels(); len(got) != 1 || got[0] != "console" {
 		t.Errorf("cleared: %v", cleared)
+	}
+}
+
+func TestListReceivers(t *testing.T) {
+	s := startSidecar(t)
+	client := dial(t, sendonce.Options{Address: s.address})
+	ctx := context.Background()
+	if _, err := client.Deliver(ctx, uid(t), "console", note); err != nil {
+		t.Fatal(err)
+	}
+
+	receivers, err := client.ListReceivers(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(receivers) != 1 {
+		t.Fatalf("receivers: %v", receivers)
+	}
+	r := receivers[0]
+	if r.GetName() != "console" || r.GetType() != "console" ||
+		r.GetCircuit() != sendoncev1.CircuitState_CIRCUIT_STATE_CLOSED ||
+		r.GetAttemptsStarted() != 1 || r.GetAttemptsSucceeded() != 1 || r.GetMaxAttempts() != 5 {
+		t.Errorf("console: %v", r)
+	}
+}
+
+func TestListDeliveriesPages(t *testing.T) {
+	s := startSidecar(t)
+	client := dial(t, sendonce.Options{Address: s.address})
+	ctx := context.Background()
+	prefix := uid(t)
+	for _, suffix := range []string{"-a", "-b", "-c"} {
+		if _, err := client.Deliver(ctx, prefix+suffix, "console", note); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	request := &sendoncev1.ListDeliveriesRequest{
+		State: sendoncev1.DeliveryState_DELIVERY_STATE_DELIVERED, Channel: "console", PageSize: 2,
+	}
+	var uids []string
+	for pages := 1; ; pages++ {
+		page, err := client.ListDeliveries(ctx, request)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range page.GetDeliveries() {
+			uids = append(uids, d.GetUid())
+			if d.GetIdempotencyKey() != s.consoleLine(t, d.GetUid())["idempotency_key"] {
+				t.Errorf("idempotency key of %s: %q", d.GetUid(), d.GetIdempotencyKey())
+			}
+		}
+		if page.GetNextPageToken() == "" {
+			if pages != 2 {
+				t.Errorf("%d pages of 2 for 3 deliveries", pages)
+			}
+			break
+		}
+		request.PageToken = page.GetNextPageToken()
+	}
+	if strings.Join(uids, " ") != prefix+"-c "+prefix+"-b "+prefix+"-a" {
+		t.Errorf("newest first: %v", uids)
+	}
+
+	_, err := client.ListDeliveries(ctx, &sendoncev1.ListDeliveriesRequest{PageToken: "nope"})
+	if e, ok := sendonce.AsError(err); !ok || e.Code != codes.InvalidArgument ||
+		!strings.Contains(e.Message, "page_token") {
+		t.Errorf("a bad token: %v", err)
 	}
 }
 

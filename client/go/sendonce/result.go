@@ -21,18 +21,22 @@ type DeliverResult struct {
 	// Final: nothing more will ever be sent for the key.
 	Final   bool
 	Receipt *sendoncev1.Receipt
+	// IdempotencyKey is what the receiver sees for the key on every attempt (the webhook's
+	// Idempotency-Key header, PagerDuty's dedup_key, ...): find the notification there.
+	IdempotencyKey string
 }
 
 func newDeliverResult(r *sendoncev1.DeliverResponse) *DeliverResult {
 	result := &DeliverResult{
-		Outcome:      r.GetOutcome(),
-		Attempt:      int(r.GetAttempt()),
-		AttemptsUsed: int(r.GetAttemptsUsed()),
-		MaxAttempts:  int(r.GetMaxAttempts()),
-		LastError:    r.GetLastError(),
-		Shared:       r.GetShared(),
-		Final:        r.GetFinal(),
-		Receipt:      r.GetReceipt(),
+		Outcome:        r.GetOutcome(),
+		Attempt:        int(r.GetAttempt()),
+		AttemptsUsed:   int(r.GetAttemptsUsed()),
+		MaxAttempts:    int(r.GetMaxAttempts()),
+		LastError:      r.GetLastError(),
+		Shared:         r.GetShared(),
+		Final:          r.GetFinal(),
+		Receipt:        r.GetReceipt(),
+		IdempotencyKey: r.GetIdempotencyKey(),
 	}
 	if r.RetryAfter != nil {
 		result.RetryAfter = r.GetRetryAfter().AsDuration()

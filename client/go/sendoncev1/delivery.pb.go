@@ -296,6 +296,72 @@ func (AttemptResult) EnumDescriptor() ([]byte, []int) {
 	return file_sendonce_v1_delivery_proto_rawDescGZIP(), []int{3}
 }
 
+// Where a delivery stands, as ListDeliveries files it.
+type DeliveryState int32
+
+const (
+	// In a request: any state. Never in an answer.
+	DeliveryState_DELIVERY_STATE_UNSPECIFIED DeliveryState = 0
+	// An attempt holds a live lease: the receiver has not answered yet.
+	DeliveryState_DELIVERY_STATE_IN_FLIGHT DeliveryState = 1
+	// The last attempt failed with a retryable error (or its holder never reported) and
+	// attempts are left: the next Deliver after the backoff tries again.
+	DeliveryState_DELIVERY_STATE_FAILED DeliveryState = 2
+	// The attempt budget is spent without a success; final.
+	DeliveryState_DELIVERY_STATE_EXHAUSTED DeliveryState = 3
+	// An attempt failed with a permanent error; final.
+	DeliveryState_DELIVERY_STATE_FAILED_PERMANENT DeliveryState = 4
+	// An attempt succeeded; final.
+	DeliveryState_DELIVERY_STATE_DELIVERED DeliveryState = 5
+)
+
+// Enum value maps for DeliveryState.
+var (
+	DeliveryState_name = map[int32]string{
+		0: "DELIVERY_STATE_UNSPECIFIED",
+		1: "DELIVERY_STATE_IN_FLIGHT",
+		2: "DELIVERY_STATE_FAILED",
+		3: "DELIVERY_STATE_EXHAUSTED",
+		4: "DELIVERY_STATE_FAILED_PERMANENT",
+		5: "DELIVERY_STATE_DELIVERED",
+	}
+	DeliveryState_value = map[string]int32{
+		"DELIVERY_STATE_UNSPECIFIED":      0,
+		"DELIVERY_STATE_IN_FLIGHT":        1,
+		"DELIVERY_STATE_FAILED":           2,
+		"DELIVERY_STATE_EXHAUSTED":        3,
+		"DELIVERY_STATE_FAILED_PERMANENT": 4,
+		"DELIVERY_STATE_DELIVERED":        5,
+	}
+)
+
+func (x DeliveryState) Enum() *DeliveryState {
+	p := new(DeliveryState)
+	*p = x
+	return p
+}
+
+func (x DeliveryState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DeliveryState) Descriptor() protoreflect.EnumDescriptor {
+	return file_sendonce_v1_delivery_proto_enumTypes[4].Descriptor()
+}
+
+func (DeliveryState) Type() protoreflect.EnumType {
+	return &file_sendonce_v1_delivery_proto_enumTypes[4]
+}
+
+func (x DeliveryState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DeliveryState.Descriptor instead.
+func (DeliveryState) EnumDescriptor() ([]byte, []int) {
+	return file_sendonce_v1_delivery_proto_rawDescGZIP(), []int{4}
+}
+
 // Link is a titled URL shown with the notification (e.g. as a button).
 type Link struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -695,9 +761,14 @@ type DeliverResponse struct {
 	// True when nothing more will ever be sent for the key (delivered, permanent, exhausted).
 	Final bool `protobuf:"varint,8,opt,name=final,proto3" json:"final,omitempty"`
 	// Set for DELIVERED and ALREADY_DELIVERED when the receiver returned one.
-	Receipt       *Receipt `protobuf:"bytes,9,opt,name=receipt,proto3" json:"receipt,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Receipt *Receipt `protobuf:"bytes,9,opt,name=receipt,proto3" json:"receipt,omitempty"`
+	// The idempotency key the receiver sees for this (uid, channel) on every attempt (e.g. the
+	// webhook's Idempotency-Key and webhook-id headers, PagerDuty's dedup_key, the email's
+	// Message-ID): "msg_" and 32 hex digits, the same across attempts, replicas and restarts.
+	// Use it to find the notification on the receiver's side.
+	IdempotencyKey string `protobuf:"bytes,10,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *DeliverResponse) Reset() {
@@ -791,6 +862,13 @@ func (x *DeliverResponse) GetReceipt() *Receipt {
 		return x.Receipt
 	}
 	return nil
+}
+
+func (x *DeliverResponse) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
 }
 
 // AttemptCountRequest reads the state of one key.
@@ -972,9 +1050,12 @@ type AttemptCountResponse struct {
 	// successful attempt.
 	Cleared bool `protobuf:"varint,11,opt,name=cleared,proto3" json:"cleared,omitempty"`
 	// The channel's circuit breaker in this sidecar process.
-	Circuit       CircuitState `protobuf:"varint,12,opt,name=circuit,proto3,enum=sendonce.v1.CircuitState" json:"circuit,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Circuit CircuitState `protobuf:"varint,12,opt,name=circuit,proto3,enum=sendonce.v1.CircuitState" json:"circuit,omitempty"`
+	// The idempotency key the receiver sees for this key, as in DeliverResponse; set whether or
+	// not the sidecar holds a record.
+	IdempotencyKey string `protobuf:"bytes,13,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *AttemptCountResponse) Reset() {
@@ -1089,6 +1170,13 @@ func (x *AttemptCountResponse) GetCircuit() CircuitState {
 		return x.Circuit
 	}
 	return CircuitState_CIRCUIT_STATE_UNSPECIFIED
+}
+
+func (x *AttemptCountResponse) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
 }
 
 // ClearRequest forgets the records of one uid, on some or all of its channels.
@@ -1211,6 +1299,508 @@ func (x *ClearResponse) GetRunningChannels() []string {
 	return nil
 }
 
+// ListReceiversRequest asks for every configured receiver. The list is bounded by the
+// receivers file, so it has no pagination.
+type ListReceiversRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListReceiversRequest) Reset() {
+	*x = ListReceiversRequest{}
+	mi := &file_sendonce_v1_delivery_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListReceiversRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListReceiversRequest) ProtoMessage() {}
+
+func (x *ListReceiversRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sendonce_v1_delivery_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListReceiversRequest.ProtoReflect.Descriptor instead.
+func (*ListReceiversRequest) Descriptor() ([]byte, []int) {
+	return file_sendonce_v1_delivery_proto_rawDescGZIP(), []int{11}
+}
+
+// ListReceiversResponse lists the configured receivers, ordered by name.
+type ListReceiversResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every configured receiver, ordered by name.
+	Receivers     []*Receiver `protobuf:"bytes,1,rep,name=receivers,proto3" json:"receivers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListReceiversResponse) Reset() {
+	*x = ListReceiversResponse{}
+	mi := &file_sendonce_v1_delivery_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListReceiversResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListReceiversResponse) ProtoMessage() {}
+
+func (x *ListReceiversResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sendonce_v1_delivery_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListReceiversResponse.ProtoReflect.Descriptor instead.
+func (*ListReceiversResponse) Descriptor() ([]byte, []int) {
+	return file_sendonce_v1_delivery_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ListReceiversResponse) GetReceivers() []*Receiver {
+	if x != nil {
+		return x.Receivers
+	}
+	return nil
+}
+
+// Receiver is one configured receiver as this sidecar process sees it. Counts start at zero
+// when the process starts and are per process: each replica counts its own attempts.
+type Receiver struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The receiver's name, as used in DeliverRequest.channel.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The receiver's channel type (e.g. "webhook", "slack", "email").
+	Type string `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	// The receiver's circuit breaker in this sidecar process.
+	Circuit CircuitState `protobuf:"varint,3,opt,name=circuit,proto3,enum=sendonce.v1.CircuitState" json:"circuit,omitempty"`
+	// With circuit OPEN: how long until a probe may go through; unset otherwise.
+	CircuitRetryAfter *durationpb.Duration `protobuf:"bytes,4,opt,name=circuit_retry_after,json=circuitRetryAfter,proto3" json:"circuit_retry_after,omitempty"`
+	// Retryable failures in a row of this receiver's attempts; the breaker opens at its
+	// configured threshold (the receivers file's breaker.failures).
+	ConsecutiveFailures uint32 `protobuf:"varint,5,opt,name=consecutive_failures,json=consecutiveFailures,proto3" json:"consecutive_failures,omitempty"`
+	// The receiver's attempt budget per key when a request sets none (1 to 20).
+	MaxAttempts uint32 `protobuf:"varint,6,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
+	// Attempts this process started through the receiver.
+	AttemptsStarted uint64 `protobuf:"varint,7,opt,name=attempts_started,json=attemptsStarted,proto3" json:"attempts_started,omitempty"`
+	// Attempts of this process still waiting for the receiver's answer.
+	AttemptsInFlight uint32 `protobuf:"varint,8,opt,name=attempts_in_flight,json=attemptsInFlight,proto3" json:"attempts_in_flight,omitempty"`
+	// Attempts of this process that the receiver accepted.
+	AttemptsSucceeded uint64 `protobuf:"varint,9,opt,name=attempts_succeeded,json=attemptsSucceeded,proto3" json:"attempts_succeeded,omitempty"`
+	// Attempts of this process that failed with a retryable error (timeouts included).
+	AttemptsFailed uint64 `protobuf:"varint,10,opt,name=attempts_failed,json=attemptsFailed,proto3" json:"attempts_failed,omitempty"`
+	// Attempts of this process that failed with a permanent error.
+	AttemptsFailedPermanent uint64 `protobuf:"varint,11,opt,name=attempts_failed_permanent,json=attemptsFailedPermanent,proto3" json:"attempts_failed_permanent,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
+}
+
+func (x *Receiver) Reset() {
+	*x = Receiver{}
+	mi := &file_sendonce_v1_delivery_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Receiver) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Receiver) ProtoMessage() {}
+
+func (x *Receiver) ProtoReflect() protoreflect.Message {
+	mi := &file_sendonce_v1_delivery_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Receiver.ProtoReflect.Descriptor instead.
+func (*Receiver) Descriptor() ([]byte, []int) {
+	return file_sendonce_v1_delivery_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Receiver) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Receiver) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *Receiver) GetCircuit() CircuitState {
+	if x != nil {
+		return x.Circuit
+	}
+	return CircuitState_CIRCUIT_STATE_UNSPECIFIED
+}
+
+func (x *Receiver) GetCircuitRetryAfter() *durationpb.Duration {
+	if x != nil {
+		return x.CircuitRetryAfter
+	}
+	return nil
+}
+
+func (x *Receiver) GetConsecutiveFailures() uint32 {
+	if x != nil {
+		return x.ConsecutiveFailures
+	}
+	return 0
+}
+
+func (x *Receiver) GetMaxAttempts() uint32 {
+	if x != nil {
+		return x.MaxAttempts
+	}
+	return 0
+}
+
+func (x *Receiver) GetAttemptsStarted() uint64 {
+	if x != nil {
+		return x.AttemptsStarted
+	}
+	return 0
+}
+
+func (x *Receiver) GetAttemptsInFlight() uint32 {
+	if x != nil {
+		return x.AttemptsInFlight
+	}
+	return 0
+}
+
+func (x *Receiver) GetAttemptsSucceeded() uint64 {
+	if x != nil {
+		return x.AttemptsSucceeded
+	}
+	return 0
+}
+
+func (x *Receiver) GetAttemptsFailed() uint64 {
+	if x != nil {
+		return x.AttemptsFailed
+	}
+	return 0
+}
+
+func (x *Receiver) GetAttemptsFailedPermanent() uint64 {
+	if x != nil {
+		return x.AttemptsFailedPermanent
+	}
+	return 0
+}
+
+// ListDeliveriesRequest filters and pages the list. Every filter set must hold.
+type ListDeliveriesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only keys in this state; DELIVERY_STATE_UNSPECIFIED for any.
+	State DeliveryState `protobuf:"varint,1,opt,name=state,proto3,enum=sendonce.v1.DeliveryState" json:"state,omitempty"`
+	// Only this channel (a receiver name, configured or not any more); empty for any.
+	Channel string `protobuf:"bytes,2,opt,name=channel,proto3" json:"channel,omitempty"`
+	// Only this uid; empty for any.
+	Uid string `protobuf:"bytes,3,opt,name=uid,proto3" json:"uid,omitempty"`
+	// Only keys whose update_time is at or after this instant; unset for no bound.
+	UpdatedAfter *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=updated_after,json=updatedAfter,proto3" json:"updated_after,omitempty"`
+	// Only keys whose update_time is before this instant; unset for no bound.
+	UpdatedBefore *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=updated_before,json=updatedBefore,proto3" json:"updated_before,omitempty"`
+	// At most this many deliveries in the answer: 0 means 50, more than 1000 means 1000,
+	// negative is INVALID_ARGUMENT. An answer may hold fewer and still have a next page.
+	PageSize int32 `protobuf:"varint,6,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of the previous answer, with every other field unchanged (page_size
+	// may change); empty for the first page. Any other value is INVALID_ARGUMENT.
+	PageToken     string `protobuf:"bytes,7,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDeliveriesRequest) Reset() {
+	*x = ListDeliveriesRequest{}
+	mi := &file_sendonce_v1_delivery_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDeliveriesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDeliveriesRequest) ProtoMessage() {}
+
+func (x *ListDeliveriesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sendonce_v1_delivery_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDeliveriesRequest.ProtoReflect.Descriptor instead.
+func (*ListDeliveriesRequest) Descriptor() ([]byte, []int) {
+	return file_sendonce_v1_delivery_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ListDeliveriesRequest) GetState() DeliveryState {
+	if x != nil {
+		return x.State
+	}
+	return DeliveryState_DELIVERY_STATE_UNSPECIFIED
+}
+
+func (x *ListDeliveriesRequest) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *ListDeliveriesRequest) GetUid() string {
+	if x != nil {
+		return x.Uid
+	}
+	return ""
+}
+
+func (x *ListDeliveriesRequest) GetUpdatedAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdatedAfter
+	}
+	return nil
+}
+
+func (x *ListDeliveriesRequest) GetUpdatedBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdatedBefore
+	}
+	return nil
+}
+
+func (x *ListDeliveriesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListDeliveriesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListDeliveriesResponse is one page of the list.
+type ListDeliveriesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The deliveries of this page, newest update_time first (then by channel and uid,
+	// descending).
+	Deliveries []*Delivery `protobuf:"bytes,1,rep,name=deliveries,proto3" json:"deliveries,omitempty"`
+	// Pass it as page_token for the next page; empty when there is none. A key that changes
+	// while the list is paged may appear twice or not at all.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDeliveriesResponse) Reset() {
+	*x = ListDeliveriesResponse{}
+	mi := &file_sendonce_v1_delivery_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDeliveriesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDeliveriesResponse) ProtoMessage() {}
+
+func (x *ListDeliveriesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sendonce_v1_delivery_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDeliveriesResponse.ProtoReflect.Descriptor instead.
+func (*ListDeliveriesResponse) Descriptor() ([]byte, []int) {
+	return file_sendonce_v1_delivery_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ListDeliveriesResponse) GetDeliveries() []*Delivery {
+	if x != nil {
+		return x.Deliveries
+	}
+	return nil
+}
+
+func (x *ListDeliveriesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// Delivery is one key as ListDeliveries shows it.
+type Delivery struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The notification's uid.
+	Uid string `protobuf:"bytes,1,opt,name=uid,proto3" json:"uid,omitempty"`
+	// The receiver's name.
+	Channel string `protobuf:"bytes,2,opt,name=channel,proto3" json:"channel,omitempty"`
+	// Where the key stands; never DELIVERY_STATE_UNSPECIFIED.
+	State DeliveryState `protobuf:"varint,3,opt,name=state,proto3,enum=sendonce.v1.DeliveryState" json:"state,omitempty"`
+	// When the key last changed: its last attempt's start or end, by the sidecar's clock.
+	// Unset when the sidecar made no attempt itself (a count from persisted_attempts alone).
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// Attempts used for the key, as AttemptCount counts them.
+	AttemptsUsed uint32 `protobuf:"varint,5,opt,name=attempts_used,json=attemptsUsed,proto3" json:"attempts_used,omitempty"`
+	// The key's attempt budget.
+	MaxAttempts uint32 `protobuf:"varint,6,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
+	// The error of the last failed or abandoned attempt; empty when none failed, and for a
+	// delivered key.
+	LastError string `protobuf:"bytes,7,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// With state FAILED: how long until the next attempt may start; unset when it may start
+	// now.
+	RetryAfter *durationpb.Duration `protobuf:"bytes,8,opt,name=retry_after,json=retryAfter,proto3" json:"retry_after,omitempty"`
+	// The idempotency key the receiver sees for the key, as in DeliverResponse.
+	IdempotencyKey string `protobuf:"bytes,9,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *Delivery) Reset() {
+	*x = Delivery{}
+	mi := &file_sendonce_v1_delivery_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Delivery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Delivery) ProtoMessage() {}
+
+func (x *Delivery) ProtoReflect() protoreflect.Message {
+	mi := &file_sendonce_v1_delivery_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Delivery.ProtoReflect.Descriptor instead.
+func (*Delivery) Descriptor() ([]byte, []int) {
+	return file_sendonce_v1_delivery_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *Delivery) GetUid() string {
+	if x != nil {
+		return x.Uid
+	}
+	return ""
+}
+
+func (x *Delivery) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *Delivery) GetState() DeliveryState {
+	if x != nil {
+		return x.State
+	}
+	return DeliveryState_DELIVERY_STATE_UNSPECIFIED
+}
+
+func (x *Delivery) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *Delivery) GetAttemptsUsed() uint32 {
+	if x != nil {
+		return x.AttemptsUsed
+	}
+	return 0
+}
+
+func (x *Delivery) GetMaxAttempts() uint32 {
+	if x != nil {
+		return x.MaxAttempts
+	}
+	return 0
+}
+
+func (x *Delivery) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *Delivery) GetRetryAfter() *durationpb.Duration {
+	if x != nil {
+		return x.RetryAfter
+	}
+	return nil
+}
+
+func (x *Delivery) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
 var File_sendonce_v1_delivery_proto protoreflect.FileDescriptor
 
 const file_sendonce_v1_delivery_proto_rawDesc = "" +
@@ -1249,7 +1839,7 @@ const file_sendonce_v1_delivery_proto_rawDesc = "" +
 	"\achannel\x18\x02 \x01(\tR\achannel\x12=\n" +
 	"\fnotification\x18\x03 \x01(\v2\x19.sendonce.v1.NotificationR\fnotification\x12;\n" +
 	"\fretry_policy\x18\x04 \x01(\v2\x18.sendonce.v1.RetryPolicyR\vretryPolicy\x12-\n" +
-	"\x12persisted_attempts\x18\x05 \x01(\rR\x11persistedAttempts\"\xdc\x02\n" +
+	"\x12persisted_attempts\x18\x05 \x01(\rR\x11persistedAttempts\"\x85\x03\n" +
 	"\x0fDeliverResponse\x12.\n" +
 	"\aoutcome\x18\x01 \x01(\x0e2\x14.sendonce.v1.OutcomeR\aoutcome\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x12#\n" +
@@ -1261,7 +1851,9 @@ const file_sendonce_v1_delivery_proto_rawDesc = "" +
 	"last_error\x18\x06 \x01(\tR\tlastError\x12\x16\n" +
 	"\x06shared\x18\a \x01(\bR\x06shared\x12\x14\n" +
 	"\x05final\x18\b \x01(\bR\x05final\x12.\n" +
-	"\areceipt\x18\t \x01(\v2\x14.sendonce.v1.ReceiptR\areceipt\"p\n" +
+	"\areceipt\x18\t \x01(\v2\x14.sendonce.v1.ReceiptR\areceipt\x12'\n" +
+	"\x0fidempotency_key\x18\n" +
+	" \x01(\tR\x0eidempotencyKey\"p\n" +
 	"\x13AttemptCountRequest\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x18\n" +
 	"\achannel\x18\x02 \x01(\tR\achannel\x12-\n" +
@@ -1272,7 +1864,7 @@ const file_sendonce_v1_delivery_proto_rawDesc = "" +
 	"start_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
 	"\bduration\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\bduration\x122\n" +
 	"\x06result\x18\x04 \x01(\x0e2\x1a.sendonce.v1.AttemptResultR\x06result\x12\x14\n" +
-	"\x05error\x18\x05 \x01(\tR\x05error\"\xbd\x03\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\"\xe6\x03\n" +
 	"\x14AttemptCountResponse\x12#\n" +
 	"\rattempts_used\x18\x01 \x01(\rR\fattemptsUsed\x12!\n" +
 	"\fmax_attempts\x18\x02 \x01(\rR\vmaxAttempts\x12\x1c\n" +
@@ -1288,14 +1880,58 @@ const file_sendonce_v1_delivery_proto_rawDesc = "" +
 	"\x05found\x18\n" +
 	" \x01(\bR\x05found\x12\x18\n" +
 	"\acleared\x18\v \x01(\bR\acleared\x123\n" +
-	"\acircuit\x18\f \x01(\x0e2\x19.sendonce.v1.CircuitStateR\acircuit\"R\n" +
+	"\acircuit\x18\f \x01(\x0e2\x19.sendonce.v1.CircuitStateR\acircuit\x12'\n" +
+	"\x0fidempotency_key\x18\r \x01(\tR\x0eidempotencyKey\"R\n" +
 	"\fClearRequest\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x1a\n" +
 	"\bchannels\x18\x02 \x03(\tR\bchannels\x12\x14\n" +
 	"\x05force\x18\x03 \x01(\bR\x05force\"e\n" +
 	"\rClearResponse\x12)\n" +
 	"\x10cleared_channels\x18\x01 \x03(\tR\x0fclearedChannels\x12)\n" +
-	"\x10running_channels\x18\x02 \x03(\tR\x0frunningChannels*u\n" +
+	"\x10running_channels\x18\x02 \x03(\tR\x0frunningChannels\"\x16\n" +
+	"\x14ListReceiversRequest\"L\n" +
+	"\x15ListReceiversResponse\x123\n" +
+	"\treceivers\x18\x01 \x03(\v2\x15.sendonce.v1.ReceiverR\treceivers\"\xf5\x03\n" +
+	"\bReceiver\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04type\x18\x02 \x01(\tR\x04type\x123\n" +
+	"\acircuit\x18\x03 \x01(\x0e2\x19.sendonce.v1.CircuitStateR\acircuit\x12I\n" +
+	"\x13circuit_retry_after\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x11circuitRetryAfter\x121\n" +
+	"\x14consecutive_failures\x18\x05 \x01(\rR\x13consecutiveFailures\x12!\n" +
+	"\fmax_attempts\x18\x06 \x01(\rR\vmaxAttempts\x12)\n" +
+	"\x10attempts_started\x18\a \x01(\x04R\x0fattemptsStarted\x12,\n" +
+	"\x12attempts_in_flight\x18\b \x01(\rR\x10attemptsInFlight\x12-\n" +
+	"\x12attempts_succeeded\x18\t \x01(\x04R\x11attemptsSucceeded\x12'\n" +
+	"\x0fattempts_failed\x18\n" +
+	" \x01(\x04R\x0eattemptsFailed\x12:\n" +
+	"\x19attempts_failed_permanent\x18\v \x01(\x04R\x17attemptsFailedPermanent\"\xb5\x02\n" +
+	"\x15ListDeliveriesRequest\x120\n" +
+	"\x05state\x18\x01 \x01(\x0e2\x1a.sendonce.v1.DeliveryStateR\x05state\x12\x18\n" +
+	"\achannel\x18\x02 \x01(\tR\achannel\x12\x10\n" +
+	"\x03uid\x18\x03 \x01(\tR\x03uid\x12?\n" +
+	"\rupdated_after\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\fupdatedAfter\x12A\n" +
+	"\x0eupdated_before\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\rupdatedBefore\x12\x1b\n" +
+	"\tpage_size\x18\x06 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\a \x01(\tR\tpageToken\"w\n" +
+	"\x16ListDeliveriesResponse\x125\n" +
+	"\n" +
+	"deliveries\x18\x01 \x03(\v2\x15.sendonce.v1.DeliveryR\n" +
+	"deliveries\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xf1\x02\n" +
+	"\bDelivery\x12\x10\n" +
+	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x18\n" +
+	"\achannel\x18\x02 \x01(\tR\achannel\x120\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x1a.sendonce.v1.DeliveryStateR\x05state\x12;\n" +
+	"\vupdate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\x12#\n" +
+	"\rattempts_used\x18\x05 \x01(\rR\fattemptsUsed\x12!\n" +
+	"\fmax_attempts\x18\x06 \x01(\rR\vmaxAttempts\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\a \x01(\tR\tlastError\x12:\n" +
+	"\vretry_after\x18\b \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"retryAfter\x12'\n" +
+	"\x0fidempotency_key\x18\t \x01(\tR\x0eidempotencyKey*u\n" +
 	"\bPriority\x12\x18\n" +
 	"\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fPRIORITY_LOW\x10\x01\x12\x13\n" +
@@ -1323,11 +1959,20 @@ const file_sendonce_v1_delivery_proto_rawDesc = "" +
 	"\x18ATTEMPT_RESULT_SUCCEEDED\x10\x02\x12\x19\n" +
 	"\x15ATTEMPT_RESULT_FAILED\x10\x03\x12#\n" +
 	"\x1fATTEMPT_RESULT_FAILED_PERMANENT\x10\x04\x12\x1c\n" +
-	"\x18ATTEMPT_RESULT_ABANDONED\x10\x052\xec\x01\n" +
+	"\x18ATTEMPT_RESULT_ABANDONED\x10\x05*\xc9\x01\n" +
+	"\rDeliveryState\x12\x1e\n" +
+	"\x1aDELIVERY_STATE_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18DELIVERY_STATE_IN_FLIGHT\x10\x01\x12\x19\n" +
+	"\x15DELIVERY_STATE_FAILED\x10\x02\x12\x1c\n" +
+	"\x18DELIVERY_STATE_EXHAUSTED\x10\x03\x12#\n" +
+	"\x1fDELIVERY_STATE_FAILED_PERMANENT\x10\x04\x12\x1c\n" +
+	"\x18DELIVERY_STATE_DELIVERED\x10\x052\x9f\x03\n" +
 	"\x0fDeliveryService\x12D\n" +
 	"\aDeliver\x12\x1b.sendonce.v1.DeliverRequest\x1a\x1c.sendonce.v1.DeliverResponse\x12S\n" +
 	"\fAttemptCount\x12 .sendonce.v1.AttemptCountRequest\x1a!.sendonce.v1.AttemptCountResponse\x12>\n" +
-	"\x05Clear\x12\x19.sendonce.v1.ClearRequest\x1a\x1a.sendonce.v1.ClearResponseB\x91\x01\n" +
+	"\x05Clear\x12\x19.sendonce.v1.ClearRequest\x1a\x1a.sendonce.v1.ClearResponse\x12V\n" +
+	"\rListReceivers\x12!.sendonce.v1.ListReceiversRequest\x1a\".sendonce.v1.ListReceiversResponse\x12Y\n" +
+	"\x0eListDeliveries\x12\".sendonce.v1.ListDeliveriesRequest\x1a#.sendonce.v1.ListDeliveriesResponseB\x91\x01\n" +
 	"\x0fcom.sendonce.v1B\rDeliveryProtoP\x01Z<github.com/sendonce/sendonce/client/go/sendoncev1;sendoncev1\xa2\x02\x03SND\xaa\x02\vSendonce.V1\xca\x02\vSendonce\\V1\xea\x02\fSendonce::V1b\x06proto3"
 
 var (
@@ -1342,58 +1987,79 @@ func file_sendonce_v1_delivery_proto_rawDescGZIP() []byte {
 	return file_sendonce_v1_delivery_proto_rawDescData
 }
 
-var file_sendonce_v1_delivery_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_sendonce_v1_delivery_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_sendonce_v1_delivery_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_sendonce_v1_delivery_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_sendonce_v1_delivery_proto_goTypes = []any{
-	(Priority)(0),                 // 0: sendonce.v1.Priority
-	(Outcome)(0),                  // 1: sendonce.v1.Outcome
-	(CircuitState)(0),             // 2: sendonce.v1.CircuitState
-	(AttemptResult)(0),            // 3: sendonce.v1.AttemptResult
-	(*Link)(nil),                  // 4: sendonce.v1.Link
-	(*Notification)(nil),          // 5: sendonce.v1.Notification
-	(*RetryPolicy)(nil),           // 6: sendonce.v1.RetryPolicy
-	(*Receipt)(nil),               // 7: sendonce.v1.Receipt
-	(*DeliverRequest)(nil),        // 8: sendonce.v1.DeliverRequest
-	(*DeliverResponse)(nil),       // 9: sendonce.v1.DeliverResponse
-	(*AttemptCountRequest)(nil),   // 10: sendonce.v1.AttemptCountRequest
-	(*Attempt)(nil),               // 11: sendonce.v1.Attempt
-	(*AttemptCountResponse)(nil),  // 12: sendonce.v1.AttemptCountResponse
-	(*ClearRequest)(nil),          // 13: sendonce.v1.ClearRequest
-	(*ClearResponse)(nil),         // 14: sendonce.v1.ClearResponse
-	nil,                           // 15: sendonce.v1.Notification.MetadataEntry
-	nil,                           // 16: sendonce.v1.Receipt.DetailsEntry
-	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
+	(Priority)(0),                  // 0: sendonce.v1.Priority
+	(Outcome)(0),                   // 1: sendonce.v1.Outcome
+	(CircuitState)(0),              // 2: sendonce.v1.CircuitState
+	(AttemptResult)(0),             // 3: sendonce.v1.AttemptResult
+	(DeliveryState)(0),             // 4: sendonce.v1.DeliveryState
+	(*Link)(nil),                   // 5: sendonce.v1.Link
+	(*Notification)(nil),           // 6: sendonce.v1.Notification
+	(*RetryPolicy)(nil),            // 7: sendonce.v1.RetryPolicy
+	(*Receipt)(nil),                // 8: sendonce.v1.Receipt
+	(*DeliverRequest)(nil),         // 9: sendonce.v1.DeliverRequest
+	(*DeliverResponse)(nil),        // 10: sendonce.v1.DeliverResponse
+	(*AttemptCountRequest)(nil),    // 11: sendonce.v1.AttemptCountRequest
+	(*Attempt)(nil),                // 12: sendonce.v1.Attempt
+	(*AttemptCountResponse)(nil),   // 13: sendonce.v1.AttemptCountResponse
+	(*ClearRequest)(nil),           // 14: sendonce.v1.ClearRequest
+	(*ClearResponse)(nil),          // 15: sendonce.v1.ClearResponse
+	(*ListReceiversRequest)(nil),   // 16: sendonce.v1.ListReceiversRequest
+	(*ListReceiversResponse)(nil),  // 17: sendonce.v1.ListReceiversResponse
+	(*Receiver)(nil),               // 18: sendonce.v1.Receiver
+	(*ListDeliveriesRequest)(nil),  // 19: sendonce.v1.ListDeliveriesRequest
+	(*ListDeliveriesResponse)(nil), // 20: sendonce.v1.ListDeliveriesResponse
+	(*Delivery)(nil),               // 21: sendonce.v1.Delivery
+	nil,                            // 22: sendonce.v1.Notification.MetadataEntry
+	nil,                            // 23: sendonce.v1.Receipt.DetailsEntry
+	(*durationpb.Duration)(nil),    // 24: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 25: google.protobuf.Timestamp
 }
 var file_sendonce_v1_delivery_proto_depIdxs = []int32{
 	0,  // 0: sendonce.v1.Notification.priority:type_name -> sendonce.v1.Priority
-	15, // 1: sendonce.v1.Notification.metadata:type_name -> sendonce.v1.Notification.MetadataEntry
-	4,  // 2: sendonce.v1.Notification.links:type_name -> sendonce.v1.Link
-	17, // 3: sendonce.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
-	17, // 4: sendonce.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
-	16, // 5: sendonce.v1.Receipt.details:type_name -> sendonce.v1.Receipt.DetailsEntry
-	5,  // 6: sendonce.v1.DeliverRequest.notification:type_name -> sendonce.v1.Notification
-	6,  // 7: sendonce.v1.DeliverRequest.retry_policy:type_name -> sendonce.v1.RetryPolicy
+	22, // 1: sendonce.v1.Notification.metadata:type_name -> sendonce.v1.Notification.MetadataEntry
+	5,  // 2: sendonce.v1.Notification.links:type_name -> sendonce.v1.Link
+	24, // 3: sendonce.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
+	24, // 4: sendonce.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
+	23, // 5: sendonce.v1.Receipt.details:type_name -> sendonce.v1.Receipt.DetailsEntry
+	6,  // 6: sendonce.v1.DeliverRequest.notification:type_name -> sendonce.v1.Notification
+	7,  // 7: sendonce.v1.DeliverRequest.retry_policy:type_name -> sendonce.v1.RetryPolicy
 	1,  // 8: sendonce.v1.DeliverResponse.outcome:type_name -> sendonce.v1.Outcome
-	17, // 9: sendonce.v1.DeliverResponse.retry_after:type_name -> google.protobuf.Duration
-	7,  // 10: sendonce.v1.DeliverResponse.receipt:type_name -> sendonce.v1.Receipt
-	18, // 11: sendonce.v1.Attempt.start_time:type_name -> google.protobuf.Timestamp
-	17, // 12: sendonce.v1.Attempt.duration:type_name -> google.protobuf.Duration
+	24, // 9: sendonce.v1.DeliverResponse.retry_after:type_name -> google.protobuf.Duration
+	8,  // 10: sendonce.v1.DeliverResponse.receipt:type_name -> sendonce.v1.Receipt
+	25, // 11: sendonce.v1.Attempt.start_time:type_name -> google.protobuf.Timestamp
+	24, // 12: sendonce.v1.Attempt.duration:type_name -> google.protobuf.Duration
 	3,  // 13: sendonce.v1.Attempt.result:type_name -> sendonce.v1.AttemptResult
-	17, // 14: sendonce.v1.AttemptCountResponse.retry_after:type_name -> google.protobuf.Duration
-	11, // 15: sendonce.v1.AttemptCountResponse.history:type_name -> sendonce.v1.Attempt
+	24, // 14: sendonce.v1.AttemptCountResponse.retry_after:type_name -> google.protobuf.Duration
+	12, // 15: sendonce.v1.AttemptCountResponse.history:type_name -> sendonce.v1.Attempt
 	2,  // 16: sendonce.v1.AttemptCountResponse.circuit:type_name -> sendonce.v1.CircuitState
-	8,  // 17: sendonce.v1.DeliveryService.Deliver:input_type -> sendonce.v1.DeliverRequest
-	10, // 18: sendonce.v1.DeliveryService.AttemptCount:input_type -> sendonce.v1.AttemptCountRequest
-	13, // 19: sendonce.v1.DeliveryService.Clear:input_type -> sendonce.v1.ClearRequest
-	9,  // 20: sendonce.v1.DeliveryService.Deliver:output_type -> sendonce.v1.DeliverResponse
-	12, // 21: sendonce.v1.DeliveryService.AttemptCount:output_type -> sendonce.v1.AttemptCountResponse
-	14, // 22: sendonce.v1.DeliveryService.Clear:output_type -> sendonce.v1.ClearResponse
-	20, // [20:23] is the sub-list for method output_type
-	17, // [17:20] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	18, // 17: sendonce.v1.ListReceiversResponse.receivers:type_name -> sendonce.v1.Receiver
+	2,  // 18: sendonce.v1.Receiver.circuit:type_name -> sendonce.v1.CircuitState
+	24, // 19: sendonce.v1.Receiver.circuit_retry_after:type_name -> google.protobuf.Duration
+	4,  // 20: sendonce.v1.ListDeliveriesRequest.state:type_name -> sendonce.v1.DeliveryState
+	25, // 21: sendonce.v1.ListDeliveriesRequest.updated_after:type_name -> google.protobuf.Timestamp
+	25, // 22: sendonce.v1.ListDeliveriesRequest.updated_before:type_name -> google.protobuf.Timestamp
+	21, // 23: sendonce.v1.ListDeliveriesResponse.deliveries:type_name -> sendonce.v1.Delivery
+	4,  // 24: sendonce.v1.Delivery.state:type_name -> sendonce.v1.DeliveryState
+	25, // 25: sendonce.v1.Delivery.update_time:type_name -> google.protobuf.Timestamp
+	24, // 26: sendonce.v1.Delivery.retry_after:type_name -> google.protobuf.Duration
+	9,  // 27: sendonce.v1.DeliveryService.Deliver:input_type -> sendonce.v1.DeliverRequest
+	11, // 28: sendonce.v1.DeliveryService.AttemptCount:input_type -> sendonce.v1.AttemptCountRequest
+	14, // 29: sendonce.v1.DeliveryService.Clear:input_type -> sendonce.v1.ClearRequest
+	16, // 30: sendonce.v1.DeliveryService.ListReceivers:input_type -> sendonce.v1.ListReceiversRequest
+	19, // 31: sendonce.v1.DeliveryService.ListDeliveries:input_type -> sendonce.v1.ListDeliveriesRequest
+	10, // 32: sendonce.v1.DeliveryService.Deliver:output_type -> sendonce.v1.DeliverResponse
+	13, // 33: sendonce.v1.DeliveryService.AttemptCount:output_type -> sendonce.v1.AttemptCountResponse
+	15, // 34: sendonce.v1.DeliveryService.Clear:output_type -> sendonce.v1.ClearResponse
+	17, // 35: sendonce.v1.DeliveryService.ListReceivers:output_type -> sendonce.v1.ListReceiversResponse
+	20, // 36: sendonce.v1.DeliveryService.ListDeliveries:output_type -> sendonce.v1.ListDeliveriesResponse
+	32, // [32:37] is the sub-list for method output_type
+	27, // [27:32] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_sendonce_v1_delivery_proto_init() }
@@ -1407,8 +2073,8 @@ func file_sendonce_v1_delivery_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sendonce_v1_delivery_proto_rawDesc), len(file_sendonce_v1_delivery_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   13,
+			NumEnums:      5,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,9 +23,11 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	DeliveryService_Deliver_FullMethodName      = "/sendonce.v1.DeliveryService/Deliver"
-	DeliveryService_AttemptCount_FullMethodName = "/sendonce.v1.DeliveryService/AttemptCount"
-	DeliveryService_Clear_FullMethodName        = "/sendonce.v1.DeliveryService/Clear"
+	DeliveryService_Deliver_FullMethodName        = "/sendonce.v1.DeliveryService/Deliver"
+	DeliveryService_AttemptCount_FullMethodName   = "/sendonce.v1.DeliveryService/AttemptCount"
+	DeliveryService_Clear_FullMethodName          = "/sendonce.v1.DeliveryService/Clear"
+	DeliveryService_ListReceivers_FullMethodName  = "/sendonce.v1.DeliveryService/ListReceivers"
+	DeliveryService_ListDeliveries_FullMethodName = "/sendonce.v1.DeliveryService/ListDeliveries"
 )
 
 // DeliveryServiceClient is the client API for DeliveryService service.
@@ -48,6 +50,14 @@ type DeliveryServiceClient interface {
 	// gets ALREADY_DELIVERED or EXHAUSTED; force removes everything at once. It never cancels a
 	// running attempt.
 	Clear(ctx context.Context, in *ClearRequest, opts ...grpc.CallOption) (*ClearResponse, error)
+	// ListReceivers lists the configured receivers with their circuit breaker and the attempts
+	// this sidecar process made through each since it started. It never shows a receiver's
+	// settings (URLs, tokens, addresses): only its name and type.
+	ListReceivers(ctx context.Context, in *ListReceiversRequest, opts ...grpc.CallOption) (*ListReceiversResponse, error)
+	// ListDeliveries lists the keys the sidecar holds a record of, newest change first,
+	// filtered by state, channel, uid and time, a page at a time (AIP-132, AIP-158). A cleared
+	// key is not listed. It reads the store, shared by every replica, and changes nothing.
+	ListDeliveries(ctx context.Context, in *ListDeliveriesRequest, opts ...grpc.CallOption) (*ListDeliveriesResponse, error)
 }
 
 type deliveryServiceClient struct {
@@ -88,6 +98,26 @@ func (c *deliveryServiceClient) Clear(ctx context.Context, in *ClearRequest, opt
 	return out, nil
 }
 
+func (c *deliveryServiceClient) ListReceivers(ctx context.Context, in *ListReceiversRequest, opts ...grpc.CallOption) (*ListReceiversResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListReceiversResponse)
+	err := c.cc.Invoke(ctx, DeliveryService_ListReceivers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *deliveryServiceClient) ListDeliveries(ctx context.Context, in *ListDeliveriesRequest, opts ...grpc.CallOption) (*ListDeliveriesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListDeliveriesResponse)
+	err := c.cc.Invoke(ctx, DeliveryService_ListDeliveries_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DeliveryServiceServer is the server API for DeliveryService service.
 // All implementations must embed UnimplementedDeliveryServiceServer
 // for forward compatibility.
@@ -108,6 +138,14 @@ type DeliveryServiceServer interface {
 	// gets ALREADY_DELIVERED or EXHAUSTED; force removes everything at once. It never cancels a
 	// running attempt.
 	Clear(context.Context, *ClearRequest) (*ClearResponse, error)
+	// ListReceivers lists the configured receivers with their circuit breaker and the attempts
+	// this sidecar process made through each since it started. It never shows a receiver's
+	// settings (URLs, tokens, addresses): only its name and type.
+	ListReceivers(context.Context, *ListReceiversRequest) (*ListReceiversResponse, error)
+	// ListDeliveries lists the keys the sidecar holds a record of, newest change first,
+	// filtered by state, channel, uid and time, a page at a time (AIP-132, AIP-158). A cleared
+	// key is not listed. It reads the store, shared by every replica, and changes nothing.
+	ListDeliveries(context.Context, *ListDeliveriesRequest) (*ListDeliveriesResponse, error)
 	mustEmbedUnimplementedDeliveryServiceServer()
 }
 
@@ -126,6 +164,12 @@ func (UnimplementedDeliveryServiceServer) AttemptCount(context.Context, *Attempt
 }
 func (UnimplementedDeliveryServiceServer) Clear(context.Context, *ClearRequest) (*ClearResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Clear not implemented")
+}
+func (UnimplementedDeliveryServiceServer) ListReceivers(context.Context, *ListReceiversRequest) (*ListReceiversResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListReceivers not implemented")
+}
+func (UnimplementedDeliveryServiceServer) ListDeliveries(context.Context, *ListDeliveriesRequest) (*ListDeliveriesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListDeliveries not implemented")
 }
 func (UnimplementedDeliveryServiceServer) mustEmbedUnimplementedDeliveryServiceServer() {}
 func (UnimplementedDeliveryServiceServer) testEmbeddedByValue()                         {}
@@ -202,6 +246,42 @@ func _DeliveryService_Clear_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _DeliveryService_ListReceivers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListReceiversRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DeliveryServiceServer).ListReceivers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: DeliveryService_ListReceivers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DeliveryServiceServer).ListReceivers(ctx, req.(*ListReceiversRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _DeliveryService_ListDeliveries_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListDeliveriesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DeliveryServiceServer).ListDeliveries(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: DeliveryService_ListDeliveries_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DeliveryServiceServer).ListDeliveries(ctx, req.(*ListDeliveriesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // DeliveryService_ServiceDesc is the grpc.ServiceDesc for DeliveryService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -220,6 +300,14 @@ var DeliveryService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Clear",
 			Handler:    _DeliveryService_Clear_Handler,
+		},
+		{
+			MethodName: "ListReceivers",
+			Handler:    _DeliveryService_ListReceivers_Handler,
+		},
+		{
+			MethodName: "ListDeliveries",
+			Handler:    _DeliveryService_ListDeliveries_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -191,6 +191,46 @@ ATTEMPT_RESULT_ABANDONED: AttemptResult.ValueType  # 5
 """The holder's lease expired before it reported: the outcome is unknown, the attempt counts."""
 Global___AttemptResult: _TypeAlias = AttemptResult  # noqa: Y015
 
+class _DeliveryState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeliveryStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeliveryState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DELIVERY_STATE_UNSPECIFIED: _DeliveryState.ValueType  # 0
+    """In a request: any state. Never in an answer."""
+    DELIVERY_STATE_IN_FLIGHT: _DeliveryState.ValueType  # 1
+    """An attempt holds a live lease: the receiver has not answered yet."""
+    DELIVERY_STATE_FAILED: _DeliveryState.ValueType  # 2
+    """The last attempt failed with a retryable error (or its holder never reported) and
+    attempts are left: the next Deliver after the backoff tries again.
+    """
+    DELIVERY_STATE_EXHAUSTED: _DeliveryState.ValueType  # 3
+    """The attempt budget is spent without a success; final."""
+    DELIVERY_STATE_FAILED_PERMANENT: _DeliveryState.ValueType  # 4
+    """An attempt failed with a permanent error; final."""
+    DELIVERY_STATE_DELIVERED: _DeliveryState.ValueType  # 5
+    """An attempt succeeded; final."""
+
+class DeliveryState(_DeliveryState, metaclass=_DeliveryStateEnumTypeWrapper):
+    """Where a delivery stands, as ListDeliveries files it."""
+
+DELIVERY_STATE_UNSPECIFIED: DeliveryState.ValueType  # 0
+"""In a request: any state. Never in an answer."""
+DELIVERY_STATE_IN_FLIGHT: DeliveryState.ValueType  # 1
+"""An attempt holds a live lease: the receiver has not answered yet."""
+DELIVERY_STATE_FAILED: DeliveryState.ValueType  # 2
+"""The last attempt failed with a retryable error (or its holder never reported) and
+attempts are left: the next Deliver after the backoff tries again.
+"""
+DELIVERY_STATE_EXHAUSTED: DeliveryState.ValueType  # 3
+"""The attempt budget is spent without a success; final."""
+DELIVERY_STATE_FAILED_PERMANENT: DeliveryState.ValueType  # 4
+"""An attempt failed with a permanent error; final."""
+DELIVERY_STATE_DELIVERED: DeliveryState.ValueType  # 5
+"""An attempt succeeded; final."""
+Global___DeliveryState: _TypeAlias = DeliveryState  # noqa: Y015
+
 @_typing.final
 class Link(_message.Message):
     """Link is a titled URL shown with the notification (e.g. as a button)."""
@@ -454,6 +494,7 @@ class DeliverResponse(_message.Message):
     SHARED_FIELD_NUMBER: _builtins.int
     FINAL_FIELD_NUMBER: _builtins.int
     RECEIPT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     outcome: Global___Outcome.ValueType
     """What happened; never OUTCOME_UNSPECIFIED."""
     attempt: _builtins.int
@@ -480,6 +521,12 @@ class DeliverResponse(_message.Message):
     """
     final: _builtins.bool
     """True when nothing more will ever be sent for the key (delivered, permanent, exhausted)."""
+    idempotency_key: _builtins.str
+    """The idempotency key the receiver sees for this (uid, channel) on every attempt (e.g. the
+    webhook's Idempotency-Key and webhook-id headers, PagerDuty's dedup_key, the email's
+    Message-ID): "msg_" and 32 hex digits, the same across attempts, replicas and restarts.
+    Use it to find the notification on the receiver's side.
+    """
     @_builtins.property
     def retry_after(self) -> _duration_pb2.Duration:
         """How long to wait before the next attempt may start: set with FAILED and RETRY_LATER (the
@@ -503,10 +550,11 @@ class DeliverResponse(_message.Message):
         shared: _builtins.bool = ...,
         final: _builtins.bool = ...,
         receipt: Global___Receipt | None = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["receipt", b"receipt", "retry_after", b"retry_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts_used", b"attempts_used", "final", b"final", "last_error", b"last_error", "max_attempts", b"max_attempts", "outcome", b"outcome", "receipt", b"receipt", "retry_after", b"retry_after", "shared", b"shared"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts_used", b"attempts_used", "final", b"final", "idempotency_key", b"idempotency_key", "last_error", b"last_error", "max_attempts", b"max_attempts", "outcome", b"outcome", "receipt", b"receipt", "retry_after", b"retry_after", "shared", b"shared"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -602,6 +650,7 @@ class AttemptCountResponse(_message.Message):
     FOUND_FIELD_NUMBER: _builtins.int
     CLEARED_FIELD_NUMBER: _builtins.int
     CIRCUIT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     attempts_used: _builtins.int
     """Attempts used for the key: max(the sidecar's count, persisted_attempts); with found false,
     persisted_attempts itself.
@@ -630,6 +679,10 @@ class AttemptCountResponse(_message.Message):
     """
     circuit: Global___CircuitState.ValueType
     """The channel's circuit breaker in this sidecar process."""
+    idempotency_key: _builtins.str
+    """The idempotency key the receiver sees for this key, as in DeliverResponse; set whether or
+    not the sidecar holds a record.
+    """
     @_builtins.property
     def retry_after(self) -> _duration_pb2.Duration:
         """How long until the next attempt may start; unset when one may start now, one is running,
@@ -658,10 +711,11 @@ class AttemptCountResponse(_message.Message):
         found: _builtins.bool = ...,
         cleared: _builtins.bool = ...,
         circuit: Global___CircuitState.ValueType = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["retry_after", b"retry_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts_used", b"attempts_used", "circuit", b"circuit", "cleared", b"cleared", "final", b"final", "found", b"found", "history", b"history", "in_flight", b"in_flight", "last_error", b"last_error", "max_attempts", b"max_attempts", "remaining", b"remaining", "retry_after", b"retry_after", "succeeded", b"succeeded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts_used", b"attempts_used", "circuit", b"circuit", "cleared", b"cleared", "final", b"final", "found", b"found", "history", b"history", "idempotency_key", b"idempotency_key", "in_flight", b"in_flight", "last_error", b"last_error", "max_attempts", b"max_attempts", "remaining", b"remaining", "retry_after", b"retry_after", "succeeded", b"succeeded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -730,3 +784,264 @@ class ClearResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ClearResponse: _TypeAlias = ClearResponse  # noqa: Y015
+
+@_typing.final
+class ListReceiversRequest(_message.Message):
+    """ListReceiversRequest asks for every configured receiver. The list is bounded by the
+    receivers file, so it has no pagination.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReceiversRequest: _TypeAlias = ListReceiversRequest  # noqa: Y015
+
+@_typing.final
+class ListReceiversResponse(_message.Message):
+    """ListReceiversResponse lists the configured receivers, ordered by name."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECEIVERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def receivers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Receiver]:
+        """Every configured receiver, ordered by name."""
+
+    def __init__(
+        self,
+        *,
+        receivers: _abc.Iterable[Global___Receiver] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["receivers", b"receivers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReceiversResponse: _TypeAlias = ListReceiversResponse  # noqa: Y015
+
+@_typing.final
+class Receiver(_message.Message):
+    """Receiver is one configured receiver as this sidecar process sees it. Counts start at zero
+    when the process starts and are per process: each replica counts its own attempts.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    CIRCUIT_FIELD_NUMBER: _builtins.int
+    CIRCUIT_RETRY_AFTER_FIELD_NUMBER: _builtins.int
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _builtins.int
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_STARTED_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_SUCCEEDED_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FAILED_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FAILED_PERMANENT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The receiver's name, as used in DeliverRequest.channel."""
+    type: _builtins.str
+    """The receiver's channel type (e.g. "webhook", "slack", "email")."""
+    circuit: Global___CircuitState.ValueType
+    """The receiver's circuit breaker in this sidecar process."""
+    consecutive_failures: _builtins.int
+    """Retryable failures in a row of this receiver's attempts; the breaker opens at its
+    configured threshold (the receivers file's breaker.failures).
+    """
+    max_attempts: _builtins.int
+    """The receiver's attempt budget per key when a request sets none (1 to 20)."""
+    attempts_started: _builtins.int
+    """Attempts this process started through the receiver."""
+    attempts_in_flight: _builtins.int
+    """Attempts of this process still waiting for the receiver's answer."""
+    attempts_succeeded: _builtins.int
+    """Attempts of this process that the receiver accepted."""
+    attempts_failed: _builtins.int
+    """Attempts of this process that failed with a retryable error (timeouts included)."""
+    attempts_failed_permanent: _builtins.int
+    """Attempts of this process that failed with a permanent error."""
+    @_builtins.property
+    def circuit_retry_after(self) -> _duration_pb2.Duration:
+        """With circuit OPEN: how long until a probe may go through; unset otherwise."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        circuit: Global___CircuitState.ValueType = ...,
+        circuit_retry_after: _duration_pb2.Duration | None = ...,
+        consecutive_failures: _builtins.int = ...,
+        max_attempts: _builtins.int = ...,
+        attempts_started: _builtins.int = ...,
+        attempts_in_flight: _builtins.int = ...,
+        attempts_succeeded: _builtins.int = ...,
+        attempts_failed: _builtins.int = ...,
+        attempts_failed_permanent: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["circuit_retry_after", b"circuit_retry_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts_failed", b"attempts_failed", "attempts_failed_permanent", b"attempts_failed_permanent", "attempts_in_flight", b"attempts_in_flight", "attempts_started", b"attempts_started", "attempts_succeeded", b"attempts_succeeded", "circuit", b"circuit", "circuit_retry_after", b"circuit_retry_after", "consecutive_failures", b"consecutive_failures", "max_attempts", b"max_attempts", "name", b"name", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Receiver: _TypeAlias = Receiver  # noqa: Y015
+
+@_typing.final
+class ListDeliveriesRequest(_message.Message):
+    """ListDeliveriesRequest filters and pages the list. Every filter set must hold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    UID_FIELD_NUMBER: _builtins.int
+    UPDATED_AFTER_FIELD_NUMBER: _builtins.int
+    UPDATED_BEFORE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    state: Global___DeliveryState.ValueType
+    """Only keys in this state; DELIVERY_STATE_UNSPECIFIED for any."""
+    channel: _builtins.str
+    """Only this channel (a receiver name, configured or not any more); empty for any."""
+    uid: _builtins.str
+    """Only this uid; empty for any."""
+    page_size: _builtins.int
+    """At most this many deliveries in the answer: 0 means 50, more than 1000 means 1000,
+    negative is INVALID_ARGUMENT. An answer may hold fewer and still have a next page.
+    """
+    page_token: _builtins.str
+    """The next_page_token of the previous answer, with every other field unchanged (page_size
+    may change); empty for the first page. Any other value is INVALID_ARGUMENT.
+    """
+    @_builtins.property
+    def updated_after(self) -> _timestamp_pb2.Timestamp:
+        """Only keys whose update_time is at or after this instant; unset for no bound."""
+
+    @_builtins.property
+    def updated_before(self) -> _timestamp_pb2.Timestamp:
+        """Only keys whose update_time is before this instant; unset for no bound."""
+
+    def __init__(
+        self,
+        *,
+        state: Global___DeliveryState.ValueType = ...,
+        channel: _builtins.str = ...,
+        uid: _builtins.str = ...,
+        updated_after: _timestamp_pb2.Timestamp | None = ...,
+        updated_before: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_after", b"updated_after", "updated_before", b"updated_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "page_size", b"page_size", "page_token", b"page_token", "state", b"state", "uid", b"uid", "updated_after", b"updated_after", "updated_before", b"updated_before"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeliveriesRequest: _TypeAlias = ListDeliveriesRequest  # noqa: Y015
+
+@_typing.final
+class ListDeliveriesResponse(_message.Message):
+    """ListDeliveriesResponse is one page of the list."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass it as page_token for the next page; empty when there is none. A key that changes
+    while the list is paged may appear twice or not at all.
+    """
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Delivery]:
+        """The deliveries of this page, newest update_time first (then by channel and uid,
+        descending).
+        """
+
+    def __init__(
+        self,
+        *,
+        deliveries: _abc.Iterable[Global___Delivery] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeliveriesResponse: _TypeAlias = ListDeliveriesResponse  # noqa: Y015
+
+@_typing.final
+class Delivery(_message.Message):
+    """Delivery is one key as ListDeliveries shows it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UID_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_USED_FIELD_NUMBER: _builtins.int
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    uid: _builtins.str
+    """The notification's uid."""
+    channel: _builtins.str
+    """The receiver's name."""
+    state: Global___DeliveryState.ValueType
+    """Where the key stands; never DELIVERY_STATE_UNSPECIFIED."""
+    attempts_used: _builtins.int
+    """Attempts used for the key, as AttemptCount counts them."""
+    max_attempts: _builtins.int
+    """The key's attempt budget."""
+    last_error: _builtins.str
+    """The error of the last failed or abandoned attempt; empty when none failed, and for a
+    delivered key.
+    """
+    idempotency_key: _builtins.str
+    """The idempotency key the receiver sees for the key, as in DeliverResponse."""
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the key last changed: its last attempt's start or end, by the sidecar's clock.
+        Unset when the sidecar made no attempt itself (a count from persisted_attempts alone).
+        """
+
+    @_builtins.property
+    def retry_after(self) -> _duration_pb2.Duration:
+        """With state FAILED: how long until the next attempt may start; unset when it may start
+        now.
+        """
+
+    def __init__(
+        self,
+        *,
+        uid: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        state: Global___DeliveryState.ValueType = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        attempts_used: _builtins.int = ...,
+        max_attempts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        retry_after: _duration_pb2.Duration | None = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retry_after", b"retry_after", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts_used", b"attempts_used", "channel", b"channel", "idempotency_key", b"idempotency_key", "last_error", b"last_error", "max_attempts", b"max_attempts", "retry_after", b"retry_after", "state", b"state", "uid", b"uid", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Delivery: _TypeAlias = Delivery  # noqa: Y015

@@ -51,6 +51,16 @@ class DeliveryServiceStub:
                 request_serializer=sendonce_dot_v1_dot_delivery__pb2.ClearRequest.SerializeToString,
                 response_deserializer=sendonce_dot_v1_dot_delivery__pb2.ClearResponse.FromString,
                 _registered_method=True)
+        self.ListReceivers = channel.unary_unary(
+                '/sendonce.v1.DeliveryService/ListReceivers',
+                request_serializer=sendonce_dot_v1_dot_delivery__pb2.ListReceiversRequest.SerializeToString,
+                response_deserializer=sendonce_dot_v1_dot_delivery__pb2.ListReceiversResponse.FromString,
+                _registered_method=True)
+        self.ListDeliveries = channel.unary_unary(
+                '/sendonce.v1.DeliveryService/ListDeliveries',
+                request_serializer=sendonce_dot_v1_dot_delivery__pb2.ListDeliveriesRequest.SerializeToString,
+                response_deserializer=sendonce_dot_v1_dot_delivery__pb2.ListDeliveriesResponse.FromString,
+                _registered_method=True)
 
 
 class DeliveryServiceServicer:
@@ -86,6 +96,24 @@ class DeliveryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListReceivers(self, request, context):
+        """ListReceivers lists the configured receivers with their circuit breaker and the attempts
+        this sidecar process made through each since it started. It never shows a receiver's
+        settings (URLs, tokens, addresses): only its name and type.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeliveries(self, request, context):
+        """ListDeliveries lists the keys the sidecar holds a record of, newest change first,
+        filtered by state, channel, uid and time, a page at a time (AIP-132, AIP-158). A cleared
+        key is not listed. It reads the store, shared by every replica, and changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeliveryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -103,6 +131,16 @@ def add_DeliveryServiceServicer_to_server(servicer, server):
                     servicer.Clear,
                     request_deserializer=sendonce_dot_v1_dot_delivery__pb2.ClearRequest.FromString,
                     response_serializer=sendonce_dot_v1_dot_delivery__pb2.ClearResponse.SerializeToString,
+            ),
+            'ListReceivers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReceivers,
+                    request_deserializer=sendonce_dot_v1_dot_delivery__pb2.ListReceiversRequest.FromString,
+                    response_serializer=sendonce_dot_v1_dot_delivery__pb2.ListReceiversResponse.SerializeToString,
+            ),
+            'ListDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeliveries,
+                    request_deserializer=sendonce_dot_v1_dot_delivery__pb2.ListDeliveriesRequest.FromString,
+                    response_serializer=sendonce_dot_v1_dot_delivery__pb2.ListDeliveriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -188,6 +226,60 @@ class DeliveryService:
             '/sendonce.v1.DeliveryService/Clear',
             sendonce_dot_v1_dot_delivery__pb2.ClearRequest.SerializeToString,
             sendonce_dot_v1_dot_delivery__pb2.ClearResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReceivers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendonce.v1.DeliveryService/ListReceivers',
+            sendonce_dot_v1_dot_delivery__pb2.ListReceiversRequest.SerializeToString,
+            sendonce_dot_v1_dot_delivery__pb2.ListReceiversResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendonce.v1.DeliveryService/ListDeliveries',
+            sendonce_dot_v1_dot_delivery__pb2.ListDeliveriesRequest.SerializeToString,
+            sendonce_dot_v1_dot_delivery__pb2.ListDeliveriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

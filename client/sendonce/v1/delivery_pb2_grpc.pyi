@@ -53,6 +53,16 @@ class DeliveryServiceStub:
     gets ALREADY_DELIVERED or EXHAUSTED; force removes everything at once. It never cancels a
     running attempt.
     """
+    ListReceivers: _grpc.UnaryUnaryMultiCallable[_delivery_pb2.ListReceiversRequest, _delivery_pb2.ListReceiversResponse]
+    """ListReceivers lists the configured receivers with their circuit breaker and the attempts
+    this sidecar process made through each since it started. It never shows a receiver's
+    settings (URLs, tokens, addresses): only its name and type.
+    """
+    ListDeliveries: _grpc.UnaryUnaryMultiCallable[_delivery_pb2.ListDeliveriesRequest, _delivery_pb2.ListDeliveriesResponse]
+    """ListDeliveries lists the keys the sidecar holds a record of, newest change first,
+    filtered by state, channel, uid and time, a page at a time (AIP-132, AIP-158). A cleared
+    key is not listed. It reads the store, shared by every replica, and changes nothing.
+    """
 
 @_typing.type_check_only
 class DeliveryServiceAsyncStub(DeliveryServiceStub):
@@ -75,6 +85,16 @@ class DeliveryServiceAsyncStub(DeliveryServiceStub):
     a small tombstone stays for a grace period so that a late caller with a stale status still
     gets ALREADY_DELIVERED or EXHAUSTED; force removes everything at once. It never cancels a
     running attempt.
+    """
+    ListReceivers: _aio.UnaryUnaryMultiCallable[_delivery_pb2.ListReceiversRequest, _delivery_pb2.ListReceiversResponse]  # type: ignore[assignment]
+    """ListReceivers lists the configured receivers with their circuit breaker and the attempts
+    this sidecar process made through each since it started. It never shows a receiver's
+    settings (URLs, tokens, addresses): only its name and type.
+    """
+    ListDeliveries: _aio.UnaryUnaryMultiCallable[_delivery_pb2.ListDeliveriesRequest, _delivery_pb2.ListDeliveriesResponse]  # type: ignore[assignment]
+    """ListDeliveries lists the keys the sidecar holds a record of, newest change first,
+    filtered by state, channel, uid and time, a page at a time (AIP-132, AIP-158). A cleared
+    key is not listed. It reads the store, shared by every replica, and changes nothing.
     """
 
 class DeliveryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -113,6 +133,28 @@ class DeliveryServiceServicer(metaclass=_abc_1.ABCMeta):
         a small tombstone stays for a grace period so that a late caller with a stale status still
         gets ALREADY_DELIVERED or EXHAUSTED; force removes everything at once. It never cancels a
         running attempt.
+        """
+
+    @_abc_1.abstractmethod
+    def ListReceivers(
+        self,
+        request: _delivery_pb2.ListReceiversRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_delivery_pb2.ListReceiversResponse, _abc.Awaitable[_delivery_pb2.ListReceiversResponse]]:
+        """ListReceivers lists the configured receivers with their circuit breaker and the attempts
+        this sidecar process made through each since it started. It never shows a receiver's
+        settings (URLs, tokens, addresses): only its name and type.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDeliveries(
+        self,
+        request: _delivery_pb2.ListDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_delivery_pb2.ListDeliveriesResponse, _abc.Awaitable[_delivery_pb2.ListDeliveriesResponse]]:
+        """ListDeliveries lists the keys the sidecar holds a record of, newest change first,
+        filtered by state, channel, uid and time, a page at a time (AIP-132, AIP-158). A cleared
+        key is not listed. It reads the store, shared by every replica, and changes nothing.
         """
 
 def add_DeliveryServiceServicer_to_server(servicer: DeliveryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

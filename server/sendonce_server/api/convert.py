@@ -7,6 +7,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from sendonce.v1 import delivery_pb2 as pb
 
+from ..engine.listing import DeliverySummary
 from ..engine.model import (
     AttemptResult,
     CircuitState,
@@ -18,9 +19,11 @@ from ..engine.model import (
     Outcome,
     Priority,
     Receipt,
+    ReceiverState,
 )
 from ..engine.policy import MAX_ATTEMPTS, MIN_ATTEMPTS, PolicyError, RetryPolicy
 from . import validation
+from .pages import STATE_TO_PB
 from .validation import InvalidInput, Limits
 
 _PRIORITY = {
@@ -155,6 +158,7 @@ def deliver_response(result: DeliveryResult) -> pb.DeliverResponse:
         shared=result.shared,
         final=result.final,
         receipt=_receipt(result.receipt),
+        idempotency_key=result.idempotency_key,
     )
 
 
@@ -188,6 +192,7 @@ def attempt_count_response(state: KeyState) -> pb.AttemptCountResponse:
         found=state.found,
         cleared=state.cleared,
         circuit=_CIRCUIT[state.circuit],
+        idempotency_key=state.idempotency_key,
     )
 
 
@@ -195,3 +200,50 @@ def clear_response(result: ClearResult) -> pb.ClearResponse:
     return pb.ClearResponse(
         cleared_channels=list(result.cleared), running_channels=list(result.running)
     )
+
+
+def list_receivers_response(states: list[ReceiverState]) -> pb.ListReceiversResponse:
+    return pb.ListReceiversResponse(
+        receivers=[
+            pb.Receiver(
+                name=state.name,
+                type=state.kind,
+                circuit=_CIRCUIT[state.circuit],
+                circuit_retry_after=_duration(state.circuit_retry_after),
+                consecutive_failures=state.consecutive_failures,
+                max_attempts=state.max_attempts,
+                attempts_started=state.counts.started,
+                attempts_in_flight=state.counts.in_flight,
+                attempts_succeeded=state.counts.succeeded,
+                attempts_failed=state.counts.failed,
+                attempts_failed_permanent=state.counts.failed_permanent,
+            )
+            for state in states
+        ]
+    )
+
+
+def list_deliveries_response(
+    summaries: list[DeliverySummary], next_page_token: str
+) -> pb.ListDeliveriesResponse:
+    deliveries = []
+    for summary in summaries:
+        update_time = None
+        if summary.updated_at:
+            update_time = Timestamp()
+            # Microseconds: what the float of the record holds exactly enough.
+            update_time.FromMicroseconds(round(summary.updated_at * 1e6))
+        deliveries.append(
+            pb.Delivery(
+                uid=summary.key.uid,
+                channel=summary.key.channel,
+                state=STATE_TO_PB[summary.state],
+                update_time=update_time,
+                attempts_used=summary.attempts_used,
+                max_attempts=summary.max_attempts,
+                last_error=summary.last_error,
+                retry_after=_duration(summary.retry_after),
+                idempotency_key=summary.idempotency_key,
+            )
+        )
+    return pb.ListDeliveriesResponse(deliveries=deliveries, next_page_token=next_page_token)

@@ -11,7 +11,7 @@ from sendonce.v1 import delivery_pb2_grpc as pb_grpc
 
 from ..engine.engine import Engine
 from ..engine.model import Key
-from . import convert, refusals, validation
+from . import convert, pages, refusals, validation
 from .refusals import REFUSALS
 from .validation import InvalidInput, Limits
 
@@ -113,6 +113,29 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
         finally:
             self.gate.running -= 1
         return convert.clear_response(result)
+
+    async def ListReceivers(
+        self, request: pb.ListReceiversRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.ListReceiversResponse:
+        await _admit(self.gate, context)
+        try:
+            states = self.engine.list_receivers()
+        finally:
+            self.gate.running -= 1
+        return convert.list_receivers_response(states)
+
+    async def ListDeliveries(
+        self, request: pb.ListDeliveriesRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.ListDeliveriesResponse:
+        await _admit(self.gate, context)
+        try:
+            query = pages.query(request)
+            summaries, position = await self.engine.list_deliveries(query)
+        except REFUSALS as error:
+            await refusals.abort(context, refusals.refusal(error))
+        finally:
+            self.gate.running -= 1
+        return convert.list_deliveries_response(summaries, pages.next_page_token(request, position))
 
     @staticmethod
     def _key(uid: str, channel: str) -> Key:

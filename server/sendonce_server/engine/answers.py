@@ -16,7 +16,12 @@ _AFTER_ATTEMPT = {
 
 
 def answer(
-    record: Record, now: float, outcome: Outcome | None = None, *, shared: bool = False
+    record: Record,
+    now: float,
+    outcome: Outcome | None = None,
+    *,
+    shared: bool = False,
+    idempotency_key: str = "",
 ) -> DeliveryResult:
     """The answer that `record` gives: `outcome` for a verdict, else that of its last attempt.
 
@@ -50,11 +55,17 @@ def answer(
         shared=shared,
         final=record.final,
         receipt=record.receipt if delivered else None,
+        idempotency_key=idempotency_key,
     )
 
 
 def in_progress(
-    lease: Lease | None, attempts_used: int, max_attempts: int, now: float, longest_wait: float
+    lease: Lease | None,
+    attempts_used: int,
+    max_attempts: int,
+    now: float,
+    longest_wait: float,
+    idempotency_key: str = "",
 ) -> DeliveryResult:
     """The answer to a caller whose deadline came while an attempt was still running."""
     retry_after = longest_wait
@@ -67,4 +78,5 @@ def in_progress(
         max_attempts=max_attempts,
         retry_after=retry_after,
         shared=True,
+        idempotency_key=idempotency_key,
     )

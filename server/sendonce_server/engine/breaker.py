@@ -41,6 +41,11 @@ class CircuitBreaker:
         self._probing = False
 
     @property
+    def failures(self) -> int:
+        """Retryable failures in a row (reset by a success or a permanent error)."""
+        return self._failures
+
+    @property
     def state(self) -> CircuitState:
         if self._opened_at is None:
             return CircuitState.CLOSED

@@ -26,8 +26,10 @@ from .decisions import Completion, Decision, Mismatch, Reserved, ReserveRequest,
 from .errors import PayloadMismatch, UnknownChannel
 from .flight import EXPIRED, DeliverRequest, Flight, expire
 from .holder import SKEW_WAIT, await_holder
+from .listing import DeliveryQuery, DeliverySummary, Position, summarise
 from .model import (
     AttemptResult,
+    CircuitState,
     ClearResult,
     DeliveryResult,
     Key,
@@ -35,6 +37,8 @@ from .model import (
     Lease,
     Notification,
     Outcome,
+    ReceiverCounts,
+    ReceiverState,
     Record,
 )
 from .observer import NullObserver, Observer
@@ -69,6 +73,8 @@ class Receiver:
     channel: Channel
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    # The channel's type name (e.g. "webhook"), for ListReceivers.
+    kind: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +115,7 @@ class Engine:
             r.name: CircuitBreaker(r.breaker, self.clock.now, r.name)
             for r in self.receivers.values()
         }
+        self.counts = {name: ReceiverCounts() for name in self.receivers}
         self._waiting = 0
 
     def receiver(self, name: str) -> Receiver:
@@ -212,7 +219,40 @@ class Engine:
         state = decisions.state_of(
             record, persisted_attempts, receiver.policy.max_attempts, self.clock.now()
         )
-        return replace(state, circuit=self.breakers[receiver.name].state)
+        return replace(
+            state,
+            circuit=self.breakers[receiver.name].state,
+            idempotency_key=key.idempotency_key,
+        )
+
+    def list_receivers(self) -> list[ReceiverState]:
+        """Every receiver with its breaker and this process's attempt counts, by name."""
+        states = []
+        for name in sorted(self.receivers):
+            receiver, breaker = self.receivers[name], self.breakers[name]
+            circuit = breaker.state
+            states.append(
+                ReceiverState(
+                    name=name,
+                    kind=receiver.kind,
+                    circuit=circuit,
+                    circuit_retry_after=(
+                        breaker.retry_after() if circuit is CircuitState.OPEN else None
+                    ),
+                    consecutive_failures=breaker.failures,
+                    max_attempts=receiver.policy.max_attempts,
+                    counts=copy.copy(self.counts[name]),
+                )
+            )
+        return states
+
+    async def list_deliveries(
+        self, query: DeliveryQuery
+    ) -> tuple[list[DeliverySummary], Position | None]:
+        """A page of the keys the store holds, and where the next page starts (None: done)."""
+        now = self.clock.now()
+        page = await self.store.list_deliveries(query, now)
+        return [summarise(key, record, now) for key, record in page.entries], page.next
 
     async def clear(
         self, uid: str, channels: Sequence[str] = (), force: bool = False
@@ -251,6 +291,8 @@ class Engine:
         replaced = list(self.receivers.values())
         self.receivers = {receiver.name: receiver for receiver in receivers}
         self.breakers = breakers
+        # Counted by name since the process started, across reloads.
+        self.counts = {r.name: self.counts.get(r.name) or ReceiverCounts() for r in receivers}
         self._redact = redact
         return replaced
 
@@ -307,7 +349,12 @@ class Engine:
             flight.accept_payload()
             flight.attempts_used = decision.record.attempts
             if isinstance(decision, Verdict):
-                result = answer(decision.record, now, decision.outcome)
+                result = answer(
+                    decision.record,
+                    now,
+                    decision.outcome,
+                    idempotency_key=flight.request.key.idempotency_key,
+                )
                 if decision.outcome is Outcome.CIRCUIT_OPEN:
                     breaker = flight.request.breaker
                     result = replace(result, retry_after=breaker.retry_after() or 0.0)
@@ -451,9 +498,17 @@ class Engine:
         started = time.monotonic()
         if self._redact is not None:
             notification = self._redact(notification)
-        with self.observer.attempt(receiver.name, key, lease.attempt) as observation:
-            sent = await self._send(receiver, Delivery(key, notification, lease.attempt))
-            observation.finished(sent.status)
+        # A receiver removed by a reload while this attempt ran is counted nowhere any more.
+        counts = self.counts.get(receiver.name) or ReceiverCounts()
+        counts.started += 1
+        counts.in_flight += 1
+        try:
+            with self.observer.attempt(receiver.name, key, lease.attempt) as observation:
+                sent = await self._send(receiver, Delivery(key, notification, lease.attempt))
+                observation.finished(sent.status)
+        finally:
+            counts.in_flight -= 1
+        _count(counts, sent.status)
         request.breaker.record(sent.status)
         self._after_send(key, lease)
         retry_delay = 0.0  # only a retryable failure waits before the next attempt
@@ -489,7 +544,7 @@ class Engine:
             # answer is the record as the completion would have left it.
             record = copy.deepcopy(reserved.record)
             decisions.complete(record, completion, now, self.settings.retention)
-        return answer(record, now)
+        return answer(record, now, idempotency_key=key.idempotency_key)
 
     def _after_send(self, key: Key, lease: Lease) -> None:
         """Test seam: a subclass may raise here to play a holder that dies before completing."""
@@ -541,7 +596,17 @@ class Engine:
             max_attempts,
             self.clock.now(),
             self.settings.in_progress_retry_after,
+            flight.request.key.idempotency_key,
         )
+
+
+def _count(counts: ReceiverCounts, status: SendStatus) -> None:
+    if status is SendStatus.SUCCESS:
+        counts.succeeded += 1
+    elif status is SendStatus.RETRYABLE:
+        counts.failed += 1
+    else:
+        counts.failed_permanent += 1
 
 
 def _cancelling() -> bool:

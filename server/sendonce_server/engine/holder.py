@@ -53,7 +53,7 @@ async def await_holder(
                 return None  # released, cleared with force, or abandoned: nothing to share
             if current is not None and current.expires_at > at:
                 return None  # a newer attempt runs: join that one instead
-            return answer(record, at, shared=True)
+            return answer(record, at, shared=True, idempotency_key=key.idempotency_key)
 
 
 _FINISHED = (AttemptResult.SUCCEEDED, AttemptResult.FAILED, AttemptResult.FAILED_PERMANENT)

@@ -189,6 +189,8 @@ class DeliveryResult:
     shared: bool = False
     final: bool = False
     receipt: Receipt | None = None
+    # What the receiver sees as the key's idempotency key (Key.idempotency_key).
+    idempotency_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,10 +208,37 @@ class KeyState:
     history: tuple[AttemptEntry, ...] = ()
     cleared: bool = False
     circuit: CircuitState = CircuitState.CLOSED
+    # What the receiver sees as the key's idempotency key (Key.idempotency_key).
+    idempotency_key: str = ""
 
     @property
     def remaining(self) -> int:
         return 0 if self.final else max(0, self.max_attempts - self.attempts_used)
+
+
+@dataclass(slots=True)
+class ReceiverCounts:
+    """Attempts this process made through one receiver since it started."""
+
+    started: int = 0
+    in_flight: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    failed_permanent: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverState:
+    """The answer to ListReceivers for one receiver: never its settings (they hold secrets)."""
+
+    name: str
+    kind: str
+    circuit: CircuitState
+    # Seconds until a probe may go through, while the circuit is open.
+    circuit_retry_after: float | None
+    consecutive_failures: int
+    max_attempts: int
+    counts: ReceiverCounts
 
 
 @dataclass(frozen=True, slots=True)

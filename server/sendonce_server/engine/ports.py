@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .decisions import Completion, Decision, ReserveRequest
+from .listing import DeliveryPage, DeliveryQuery
 from .model import Key, Notification, Receipt, Record
 
 
@@ -98,6 +99,13 @@ class Store(Protocol):
         """Tombstone (or with force, delete) the uid's records for the channels (all if empty).
 
         Returns (cleared channels, channels whose attempt is still running).
+        """
+        ...
+
+    async def list_deliveries(self, query: DeliveryQuery, now: float) -> DeliveryPage:
+        """A page of the records `query` admits, in `listing` order; never changes a record.
+
+        Bounded in cost: through an index, never a walk of every key of a shared store.
         """
         ...
 

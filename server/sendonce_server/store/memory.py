@@ -18,6 +18,7 @@ from contextlib import AbstractAsyncContextManager
 
 from ..engine import decisions, defaults
 from ..engine.decisions import Completion, Decision, ReserveRequest
+from ..engine.listing import DeliveryPage, DeliveryQuery, select
 from ..engine.model import AttemptEntry, AttemptResult, Key, Lease, Receipt, Record, Status
 from .watchers import KeyWatchers
 
@@ -163,6 +164,25 @@ class MemoryStore:
                 self._put(key, record, now)
             self._watchers.notify(key)
         return cleared, running
+
+    async def list_deliveries(self, query: DeliveryQuery, now: float) -> DeliveryPage:
+        # One uid: its few records. Otherwise every record of this process is looked at (about
+        # a second per million): the memory store serves one process, its operator's queries
+        # are rare, and an index would cost every Deliver.
+        return select(self._records(query.uid), query, now)
+
+    def _records(self, uid: str | None) -> list[tuple[Key, Record]]:
+        records = [(key, record) for key, record in self._leased.items() if uid in (None, key.uid)]
+        if uid is not None:
+            rest = self._at_rest.get(uid)
+            items = [] if rest is None else [(uid, rest)]
+        else:
+            items = list(self._at_rest.items())
+        for at, packed in items:
+            for data in [packed] if isinstance(packed, bytes) else packed.values():
+                channel, record = unpack(data)
+                records.append((Key(at, channel), record))
+        return records
 
     def watch(self, key: Key) -> AbstractAsyncContextManager[asyncio.Event]:
         return self._watchers.watch(key)

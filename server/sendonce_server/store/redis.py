@@ -53,6 +53,15 @@ from ..engine.decisions import (
     Running,
     Verdict,
 )
+from ..engine.listing import (
+    DeliveryPage,
+    DeliveryQuery,
+    DeliveryState,
+    Position,
+    select,
+    stored_state,
+    updated_at,
+)
 from ..engine.model import Key, Outcome, Record
 from ..engine.ports import StateUnavailable
 from . import codec
@@ -62,6 +71,13 @@ from .watchers import KeyWatchers
 log = logging.getLogger("sendonce.store")
 
 _SCRIPT = resources.files(__package__).joinpath("redis_decisions.lua").read_text()
+_LISTING_SCRIPT = resources.files(__package__).joinpath("redis_listing.lua").read_text()
+# How long an index entry outlives its record's last write at most: the longest lease an
+# attempt may hold (300 s channel timeout and its margin) and then some.
+_INDEX_SLACK = 3600.0
+# Index entries one ListDeliveries call looks at, at most: a filter that matches few of them
+# answers a short page and a token to go on from, never a walk of the whole index.
+_LIST_BUDGET = 1000
 # Failures of reaching Redis; any other error (e.g. from the script) is a bug to surface.
 _UNREACHABLE = (
     RedisConnectionError,
@@ -137,6 +153,8 @@ class RedisStore:
                 health_check_interval=30,
             )
         self._pipeliner = _Pipeliner(self._redis, _SCRIPT, self._drop_idle_connections)
+        self._indexer = _Pipeliner(self._redis, _LISTING_SCRIPT, self._drop_idle_connections)
+        self._index_keys = [f"{prefix}{{deliveries}}:{state.value}" for state in DeliveryState]
         self._changes = f"{prefix}changes"
         self._watchers = KeyWatchers[str]()
         self._listener: asyncio.Task[None] | None = None
@@ -169,6 +187,8 @@ class RedisStore:
         if kind == "mismatch":
             return Mismatch()
         record = codec.loads(raw)
+        if kind in _INDEXED_VERDICTS:
+            await self._file(key, record)
         if kind == "reserved":
             assert record.lease is not None
             return Reserved(record.lease, record)
@@ -200,7 +220,11 @@ class RedisStore:
                 completion.reservation,
             ],
         )
-        return None if kind == "gone" else codec.loads(raw)
+        if kind == "gone":
+            return None
+        record = codec.loads(raw)
+        await self._file(key, record)
+        return record
 
     async def read(self, key: Key, now: float) -> Record | None:
         try:
@@ -230,7 +254,136 @@ class RedisStore:
                 *channels,
             ],
         )
-        return [_text(c) for c in cleared], [_text(c) for c in running]
+        cleared_channels = [_text(c) for c in cleared]
+        for channel in cleared_channels:
+            # Out of every list at once; a late filing of an older write is dropped on reading.
+            await self._file(Key(uid, channel), None)
+        return cleared_channels, [_text(c) for c in running]
+
+    async def list_deliveries(self, query: DeliveryQuery, now: float) -> DeliveryPage:
+        if query.uid is not None:
+            return await self._list_uid(query, query.uid, now)
+        entries: list[tuple[Key, Record]] = []
+        after = query.after
+        last: Position | None = None
+        examined = 0
+        chunk = min(query.limit + 1, _LIST_BUDGET)
+        keys = [self._index_keys[list(DeliveryState).index(s)] for s in query.states()]
+        while True:
+            found, complete = await self._index_range(keys, query, after, chunk)
+            records = await self._get_many([key for _, key in found])
+            for (position, key), record in zip(found, records, strict=True):
+                after = position
+                if record is None or not query.admits(key, record, now, position):
+                    continue
+                if len(entries) == query.limit:
+                    return DeliveryPage(entries, last)
+                entries.append((key, record))
+                last = position
+            examined += len(found)
+            if complete:
+                return DeliveryPage(entries, None)
+            if examined >= _LIST_BUDGET:
+                return DeliveryPage(entries, after)
+
+    async def _index_range(
+        self, keys: list[str], query: DeliveryQuery, after: Position | None, chunk: int
+    ) -> tuple[list[tuple[Position, Key]], bool]:
+        """Index entries after `after` in list order, and whether they are all there are."""
+        high: float | str = "+inf" if query.until is None else f"({query.until!r}"
+        if after is not None:
+            high = repr(after.updated_at)
+        low = "-inf" if query.since is None else repr(query.since)
+        found: list[tuple[Position, Key]] = []
+        frontier: Position | None = None  # entries past a set's last fetched one are unknown
+        try:
+            for index_key in keys:
+                # Entries tied with `after` on time may come back again: fetch enough to pass.
+                count = chunk
+                while True:
+                    members: list[Any] = await self._redis.zrange(
+                        index_key,
+                        high,
+                        low,
+                        desc=True,
+                        byscore=True,
+                        offset=0,
+                        num=count,
+                        withscores=True,
+                    )
+                    entries = [_index_entry(member, score) for member, score in members]
+                    fresh = [e for e in entries if after is None or e[0] < after]
+                    if len(members) < count or fresh:
+                        break
+                    count *= 2
+                found.extend(fresh)
+                if len(members) == count and entries:
+                    last = entries[-1][0]
+                    frontier = last if frontier is None else max(frontier, last)
+        except _UNREACHABLE as error:
+            await self._drop_idle_connections()
+            raise _unavailable(error) from None
+        found.sort(reverse=True)
+        if frontier is not None:
+            found = [entry for entry in found if entry[0] >= frontier]
+        return found[:chunk], frontier is None and len(found) <= chunk
+
+    async def _list_uid(self, query: DeliveryQuery, uid: str, now: float) -> DeliveryPage:
+        """One uid: its channel set names its few records, read directly."""
+        index_key = self._keys(Key(uid, ""))[2]
+        try:
+            channels = sorted(_text(c) for c in await self._redis.smembers(index_key))
+        except _UNREACHABLE as error:
+            await self._drop_idle_connections()
+            raise _unavailable(error) from None
+        keys = [Key(uid, channel) for channel in channels]
+        records = await self._get_many(keys)
+        return select(
+            [(key, record) for key, record in zip(keys, records, strict=True) if record],
+            query,
+            now,
+        )
+
+    async def _get_many(self, keys: list[Key]) -> list[Record | None]:
+        """The records, one pipeline (a cluster routes each GET to its node)."""
+        if not keys:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(self._keys(key)[0])
+        try:
+            raws = await pipe.execute()
+        except _UNREACHABLE as error:
+            await self._drop_idle_connections()
+            raise _unavailable(error) from None
+        return [None if raw is None else codec.loads(_text(raw)) for raw in raws]
+
+    async def _file(self, key: Key, record: Record | None) -> None:
+        """File the record in the index under its state (None: out of every list).
+
+        The record is already written: a failure here is logged, never the caller's. The list
+        checks what it finds against the records, so a missed filing only hides a record until
+        its next write.
+        """
+        state = None if record is None else stored_state(record)
+        score = 0.0 if record is None else updated_at(record)
+        target = 0 if state is None else list(DeliveryState).index(state) + 1
+        ttl = round((self.retention + _INDEX_SLACK) * 1000)
+        horizon = score - self.retention - _INDEX_SLACK
+        try:
+            await self._indexer.call(
+                self._index_keys,
+                [
+                    f"{key.channel}\n{key.uid}",
+                    target,
+                    repr(score),
+                    repr(horizon),
+                    ttl,
+                    "force" if record is None else "",
+                ],
+            )
+        except (StateUnavailable, RedisError) as error:
+            log.warning("could not update the deliveries index: %s", _reason(error))
 
     @asynccontextmanager
     async def watch(self, key: Key) -> AsyncIterator[asyncio.Event]:
@@ -248,6 +401,7 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._pipeliner.close()
+        await self._indexer.close()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -493,6 +647,16 @@ def _sentinel_master(url: str, timeout: float) -> aioredis.Redis:
         socket_connect_timeout=timeout,
     )
     return master
+
+
+# Reserve answers that may have written a record whose state changed; the others (running,
+# retry_later, circuit_open, already_delivered) leave its state and time as they were.
+_INDEXED_VERDICTS = frozenset({"reserved", "exhausted", "failed_permanent"})
+
+
+def _index_entry(member: bytes | str, score: float) -> tuple[Position, Key]:
+    channel, _, uid = _text(member).partition("\n")
+    return Position(float(score), channel, uid), Key(uid, channel)
 
 
 def _text(value: bytes | str) -> str:

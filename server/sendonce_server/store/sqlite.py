@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 from ..engine import decisions, defaults
 from ..engine.decisions import Completion, Decision, ReserveRequest
+from ..engine.listing import DeliveryPage, DeliveryQuery, Position, stored_state, updated_at
 from ..engine.model import Key, Record
 from ..engine.ports import StateUnavailable
 from . import codec
@@ -46,12 +47,15 @@ log = logging.getLogger("sendonce.store")
 _SWEEP_PER_WRITE = 4
 # Most steps one transaction takes: bounds how long a batch holds the file's write lock.
 _BATCH_MAX = 256
+# `state` and `updated_at` (engine/listing.py) serve ListDeliveries through `records_state`.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     uid TEXT NOT NULL,
     channel TEXT NOT NULL,
     data TEXT NOT NULL,
     expires_at REAL NOT NULL,
+    state TEXT,
+    updated_at REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (uid, channel)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS records_expiry ON records (expires_at);
@@ -61,6 +65,9 @@ CREATE TABLE IF NOT EXISTS fence_floor (
     floor INTEGER NOT NULL
 );
 """
+_STATE_INDEX = (
+    "CREATE INDEX IF NOT EXISTS records_state ON records (state, updated_at, channel, uid)"
+)
 
 T = TypeVar("T")
 Step = Callable[[sqlite3.Connection], T]
@@ -176,6 +183,13 @@ class SqliteStore:
             self._watchers.notify(Key(uid, channel))
         return cleared, running
 
+    async def list_deliveries(self, query: DeliveryQuery, now: float) -> DeliveryPage:
+        def step(db: sqlite3.Connection) -> DeliveryPage:
+            return _list(db, query, now)
+
+        page: DeliveryPage = await self._submit(_Kind.READ, step)
+        return page
+
     def watch(self, key: Key) -> AbstractAsyncContextManager[asyncio.Event]:
         return self._watchers.watch(key)
 
@@ -220,10 +234,19 @@ class SqliteStore:
 
     def _put(self, db: sqlite3.Connection, key: Key, record: Record, now: float) -> None:
         db.execute(
-            "INSERT INTO records (uid, channel, data, expires_at) VALUES (?, ?, ?, ?) "
+            "INSERT INTO records (uid, channel, data, expires_at, state, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (uid, channel) DO UPDATE SET "
-            "data = excluded.data, expires_at = excluded.expires_at",
-            (key.uid, key.channel, codec.dumps(record), record.expires_at),
+            "data = excluded.data, expires_at = excluded.expires_at, "
+            "state = excluded.state, updated_at = excluded.updated_at",
+            (
+                key.uid,
+                key.channel,
+                codec.dumps(record),
+                record.expires_at,
+                _state_value(record),
+                updated_at(record),
+            ),
         )
         # Amortised expiry: a few expired rows go with each write (deleted once per batch, by
         # `_sweep`), so no sweeper is needed.
@@ -403,6 +426,8 @@ class SqliteStore:
             # power (NORMAL would only survive a process crash).
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(_SCHEMA)
+            _add_state_columns(db)
+            db.execute(_STATE_INDEX)
         except BaseException:
             db.close()
             raise
@@ -424,6 +449,78 @@ def _fence_floor(db: sqlite3.Connection) -> int:
 
 def _nothing(db: sqlite3.Connection) -> None:
     return None
+
+
+def _state_value(record: Record) -> str | None:
+    state = stored_state(record)
+    return None if state is None else state.value
+
+
+def _add_state_columns(db: sqlite3.Connection) -> None:
+    """A file written before ListDeliveries gets the two columns, filled from its records."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(records)")}
+    if "state" in columns:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("ALTER TABLE records ADD COLUMN state TEXT")
+        db.execute("ALTER TABLE records ADD COLUMN updated_at REAL NOT NULL DEFAULT 0")
+        rows = db.execute("SELECT uid, channel, data FROM records").fetchall()
+        for uid, channel, data in rows:
+            record = codec.loads(data)
+            db.execute(
+                "UPDATE records SET state = ?, updated_at = ? WHERE uid = ? AND channel = ?",
+                (_state_value(record), updated_at(record), uid, channel),
+            )
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _list(db: sqlite3.Connection, query: DeliveryQuery, now: float) -> DeliveryPage:
+    """Rows in list order through `records_state`, each checked against its record."""
+    states = [state.value for state in query.states()]
+    where = [f"state IN ({', '.join('?' * len(states))})", "expires_at > ?"]
+    args: list[object] = [*states, now]
+    for column, value in (("channel", query.channel), ("uid", query.uid)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if query.since is not None:
+        where.append("updated_at >= ?")
+        args.append(query.since)
+    if query.until is not None:
+        where.append("updated_at < ?")
+        args.append(query.until)
+    # Only fixed conditions are joined in; every value is a parameter.
+    sql = (
+        f"SELECT uid, channel, data, updated_at FROM records WHERE {' AND '.join(where)} "  # noqa: S608
+        "AND (? IS NULL OR (updated_at, channel, uid) < (?, ?, ?)) "
+        "ORDER BY updated_at DESC, channel DESC, uid DESC LIMIT ?"
+    )
+    entries: list[tuple[Key, Record]] = []
+    after = query.after
+    while True:
+        # A row the check drops (a FAILED query meets live leases filed as in flight) is
+        # replaced by reading on: fetched in chunks of the page's size.
+        chunk = query.limit + 1
+        cursor = (None, None, None, None) if after is None else (1, *_fields(after))
+        rows = db.execute(sql, (*args, *cursor, chunk)).fetchall()
+        for uid, channel, data, at in rows:
+            key, record = Key(uid, channel), codec.loads(data)
+            after = Position(at, channel, uid)
+            if not query.admits(key, record, now):
+                continue
+            if len(entries) == query.limit:
+                return DeliveryPage(entries, Position.of(*entries[-1]))
+            entries.append((key, record))
+        if len(rows) < chunk:
+            return DeliveryPage(entries, None)
+
+
+def _fields(position: Position) -> tuple[float, str, str]:
+    return position.updated_at, position.channel, position.uid
 
 
 def _hand_off(answers: list[_Answer]) -> None:
