@@ -32,14 +32,22 @@ test: check-gen lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-go
 
-# The Go module (client/go): gofmt, go vet and its tests against a real sidecar process. Said
-# out loud, never silently, on a machine without Go.
+# The Go modules: the client (client/go) and the controller-runtime example
+# (examples/go-controller, whose test prints the story's numbers): gofmt, go vet and their tests
+# against real sidecar processes. Said out loud, never silently, on a machine without Go.
+GO_MODULES := client/go examples/go-controller
+
 .PHONY: test-go
 test-go: setup
 	@if ! command -v go >/dev/null 2>&1; then \
-	  echo "SKIPPED: the Go module (client/go): no go on PATH"; exit 0; fi; \
-	cd client/go && test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: files above differ"; exit 1; }; \
-	go vet ./... && SENDONCE_SERVER=$(CURDIR)/$(VENV)/bin/sendonce-server go test -count=1 ./...
+	  echo "SKIPPED: the Go modules ($(GO_MODULES)): no go on PATH"; exit 0; fi; \
+	for module in $(GO_MODULES); do \
+	  unformatted="$$(cd $$module && gofmt -l .)"; \
+	  if [ -n "$$unformatted" ]; then echo "$$unformatted"; echo "gofmt: files above differ in $$module"; exit 1; fi; \
+	  verbose=; [ $$module = examples/go-controller ] && verbose=-v; \
+	  (cd $$module && go vet ./... && \
+	    SENDONCE_SERVER=$(CURDIR)/$(VENV)/bin/sendonce-server go test -count=1 $$verbose ./...) || exit 1; \
+	done
 
 # The benchmark (bench/): every scenario in one run, a table, bench/results/latest.json.
 .PHONY: bench

@@ -330,7 +330,7 @@ url = %q
 	topology := "two sidecars on one Redis"
 	for r := range replicas {
 		if redisURL == "" && r > 0 {
-			topology = "one sidecar (no redis-server on PATH)"
+			topology = "both replicas on one sidecar: no redis-server on PATH"
 			clients[r] = clients[0]
 			continue
 		}
