@@ -28,15 +28,30 @@ lint: setup
 	$(VENV)/bin/buf lint
 	PATH=$(VENV)/bin:$$PATH scripts/buf-breaking
 
-test: check-gen lint
+# test-tools first: the Go modules' dependencies (and grpcurl) come from the module proxy there,
+# so the tests reach no network (tests/test_proto.py and tests/docs build Go against them).
+test: check-gen lint test-tools
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-go
 
 # The Go modules: the client (client/go) and the controller-runtime example
-# (examples/go-controller, whose test prints the story's numbers): gofmt, go vet and their tests
-# against real sidecar processes. Said out loud, never silently, on a machine without Go.
+# (examples/go-controller, whose test prints the story's numbers).
 GO_MODULES := client/go examples/go-controller
 
+# What the tests need besides the venv: grpcurl for tests/docs (pinned, from the Go module
+# proxy; the first install takes a few minutes) and the Go modules' dependencies, fetched here so
+# that the tests themselves reach no network. Said out loud, never silently, without Go.
+GRPCURL_VERSION := v1.9.4
+.PHONY: test-tools
+test-tools:
+	@if ! command -v go >/dev/null 2>&1; then \
+	  echo "SKIPPED: grpcurl and the Go modules' dependencies: no go on PATH"; exit 0; fi; \
+	{ command -v grpcurl >/dev/null || test -x "$$(go env GOPATH)/bin/grpcurl" || \
+	  go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION); } && \
+	for module in $(GO_MODULES); do (cd $$module && go mod download) || exit 1; done
+
+# gofmt, go vet and the tests of each Go module against real sidecar processes. Said out loud,
+# never silently, on a machine without Go.
 .PHONY: test-go
 test-go: setup
 	@if ! command -v go >/dev/null 2>&1; then \

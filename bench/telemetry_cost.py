@@ -64,7 +64,7 @@ async def main() -> None:
     async def observed_engine(request: bytes, context: Any) -> bytes:
         with telemetry.attempt("hook", KEY, 1) as attempt:
             attempt.finished(SendStatus.SUCCESS)
-        telemetry.answered("hook", ANSWER)
+        telemetry.answered(KEY, ANSWER)
         return b""
 
     async def bare(request: bytes, context: Any) -> bytes:

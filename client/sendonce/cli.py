@@ -1,7 +1,7 @@
-"""The `sendonce` command: talk to a running sidecar by hand.
+"""The `sendonce` command: talk to a running sidecar by hand or from a shell script.
 
-Readable output for people, `--json` for machines. Exit status: 0 when the sidecar answered (a
-FAILED delivery is an answer), 1 when the call failed (gRPC error), 2 for usage errors.
+Readable output for people, `--json` for machines. The exit status says what happened (see
+`EXIT_STATUSES`), so a script can act on it without parsing the output.
 """
 
 from __future__ import annotations
@@ -14,8 +14,14 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from importlib.metadata import version
+from pathlib import Path
+from typing import Final, NoReturn
 
-from sendonce.client import ADDRESS_ENV, DEFAULT_ADDRESS, Client, SendonceError
+import grpc
+
+from sendonce.client import ADDRESS_ENV, DEFAULT_ADDRESS, TOKEN_ENV, Client
+from sendonce.errors import SendonceError
 from sendonce.types import (
     AttemptCountResult,
     CircuitState,
@@ -27,29 +33,60 @@ from sendonce.types import (
     RetryPolicy,
 )
 
-TOKEN_ENV = "SENDONCE_TOKEN"  # noqa: S105 (the variable's name, not a secret)
+# Exit statuses. `deliver` uses all of them; `attempts` and `clear` answer 0, 1 or 2.
+EXIT_DELIVERED: Final = 0  # delivered now or earlier (or: the sidecar answered)
+EXIT_RPC_ERROR: Final = 1  # the call failed: a gRPC error, the sidecar not reachable, ...
+EXIT_USAGE: Final = 2  # bad arguments, or a TLS file that cannot be read
+EXIT_NOT_FINAL: Final = 3  # not delivered yet, not final: call again after retry_after
+EXIT_GAVE_UP: Final = 4  # final without a delivery: failed permanently, or attempts exhausted
+
+EXIT_STATUSES: Final = f"""\
+exit status:
+  {EXIT_DELIVERED}  delivered, or already delivered (attempts, clear: the sidecar answered)
+  {EXIT_RPC_ERROR}  the call failed (a gRPC error, e.g. NOT_FOUND, or no sidecar listening)
+  {EXIT_USAGE}  usage error (bad arguments, unreadable TLS file)
+  {EXIT_NOT_FINAL}  deliver: not final (failed, retry later, in progress, circuit open): call again
+  {EXIT_GAVE_UP}  deliver: final without a delivery (failed permanently, or attempts exhausted)"""
+
+TLS_ENV: Final = "SENDONCE_TLS"
+CA_ENV: Final = "SENDONCE_TLS_CA_FILE"
+CERT_ENV: Final = "SENDONCE_TLS_CLIENT_CERT_FILE"
+KEY_ENV: Final = "SENDONCE_TLS_CLIENT_KEY_FILE"
+SERVER_NAME_ENV: Final = "SENDONCE_TLS_SERVER_NAME"
 
 Result = DeliverResult | AttemptCountResult | ClearResult
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with `argv` (default: sys.argv[1:]) and return the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = _parser().parse_args(argv)
-    except SystemExit as exit_:  # argparse exits on usage errors (2) and --help (0)
-        return exit_.code if isinstance(exit_.code, int) else 2
+        client = _client(args)
+    except _UsageError as error:
+        _report_usage(error, as_json="--json" in argv)
+        return EXIT_USAGE
+    except SystemExit as exit_:  # --help and --version print and exit 0
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     command: Callable[[Client, argparse.Namespace], Result] = args.command
     try:
-        with Client(args.address, token=os.environ.get(TOKEN_ENV)) as client:
+        with client:
             result = command(client, args)
     except SendonceError as error:
-        print(f"error: {error.code.name}: {error.details}", file=sys.stderr)
-        return 1
+        _report_error(error, client.target, as_json=args.json)
+        return EXIT_RPC_ERROR
     if args.json:
         print(json.dumps(to_jsonable(result), indent=2, ensure_ascii=False))
     else:
         print(render(result))
-    return 0
+    return exit_status(result)
+
+
+def exit_status(result: Result) -> int:
+    """0 unless a Deliver answer says "not delivered": 3 while it may still be, 4 once final."""
+    if not isinstance(result, DeliverResult) or result.delivered:
+        return EXIT_DELIVERED
+    return EXIT_GAVE_UP if result.final else EXIT_NOT_FINAL
 
 
 # --- commands ----------------------------------------------------------------------------------
@@ -94,15 +131,23 @@ def _clear(client: Client, args: argparse.Namespace) -> ClearResult:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sendonce",
         description="Talk to a sendonce delivery sidecar.",
-        epilog=f"The bearer token, if the sidecar wants one, is read from ${TOKEN_ENV}.",
+        epilog=f"The bearer token, if the sidecar wants one, is read from ${TOKEN_ENV}.\n\n"
+        f"{EXIT_STATUSES}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('sendonce')}")
     _add_common(parser, suppress=False)
     commands = parser.add_subparsers(metavar="COMMAND", required=True)
 
-    deliver = commands.add_parser("deliver", help="deliver a notification (at most once)")
+    deliver = commands.add_parser(
+        "deliver",
+        help="deliver a notification (at most once)",
+        epilog=EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     deliver.set_defaults(command=_deliver)
     deliver.add_argument("uid")
     deliver.add_argument("channel")
@@ -171,8 +216,96 @@ def _add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         "--json",
         action="store_true",
         default=argparse.SUPPRESS if suppress else False,
-        help="print the result as JSON",
+        help="print the result as JSON on stdout (an error: as JSON on stderr)",
     )
+    tls = parser.add_argument_group("TLS (each option also from its environment variable)")
+    tls.add_argument(
+        "--tls",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else None,
+        help=f"use TLS, trusting the system's roots; implied by --ca and --cert (${TLS_ENV}=1)",
+    )
+    tls.add_argument(
+        "--ca",
+        default=default,
+        metavar="FILE",
+        help=f"PEM CA certificate(s) to verify the sidecar with (${CA_ENV})",
+    )
+    tls.add_argument(
+        "--cert",
+        default=default,
+        metavar="FILE",
+        help=f"PEM client certificate, for mutual TLS, with --key (${CERT_ENV})",
+    )
+    tls.add_argument(
+        "--key",
+        default=default,
+        metavar="FILE",
+        help=f"PEM key of --cert (${KEY_ENV})",
+    )
+    tls.add_argument(
+        "--server-name",
+        default=default,
+        metavar="NAME",
+        help="the name the sidecar's certificate must carry, when it is not the address's "
+        f"host (e.g. a DNS name while calling 127.0.0.1) (${SERVER_NAME_ENV})",
+    )
+
+
+class _UsageError(Exception):
+    def __init__(self, message: str, usage: str) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises usage errors, so `main` can report them as text or JSON."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message, self.format_usage())
+
+
+def _client(args: argparse.Namespace) -> Client:
+    """A Client from the options, else their environment variables (the token: $SENDONCE_TOKEN,
+    read by the Client itself)."""
+    tls = args.tls or _flag(os.environ.get(TLS_ENV, ""), TLS_ENV)
+    ca = _pem(args.ca, "--ca", CA_ENV)
+    cert = _pem(args.cert, "--cert", CERT_ENV)
+    key = _pem(args.key, "--key", KEY_ENV)
+    if (cert is None) != (key is None):
+        raise _UsageError("mutual TLS needs both a certificate (--cert) and its key (--key)", "")
+    server_name = args.server_name or os.environ.get(SERVER_NAME_ENV)
+    if server_name and not (tls or ca or cert):
+        raise _UsageError("--server-name needs TLS (--tls, --ca or --cert)", "")
+    return Client(
+        args.address,
+        tls=tls,
+        root_certificates=ca,
+        certificate_chain=cert,
+        private_key=key,
+        options=[("grpc.ssl_target_name_override", server_name)] if server_name else [],
+    )
+
+
+def _flag(text: str, name: str) -> bool:
+    value = text.strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise _UsageError(f"${name} must be 1 or 0 (true or false), got {text!r}", "")
+
+
+def _pem(path: str | None, option: str, variable: str) -> bytes | None:
+    """The file named by the option, else by the environment variable; None when neither."""
+    if not path:
+        path, option = os.environ.get(variable), f"${variable}"
+    if not path:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise _UsageError(f"{option}: cannot read {path}: {error.strerror}", "") from error
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -219,6 +352,54 @@ def _read_text(path: str) -> str:
 
 
 # --- output ------------------------------------------------------------------------------------
+
+
+def _report_usage(error: _UsageError, *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"error": {"code": "USAGE", "message": str(error)}}), file=sys.stderr)
+    else:
+        print(f"{error.usage}sendonce: error: {error}", file=sys.stderr)
+
+
+def _report_error(error: SendonceError, target: str, *, as_json: bool) -> None:
+    hint = _hint(error, target)
+    if as_json:
+        document = {
+            "code": error.code.name,
+            "message": error.details,
+            "reason": error.reason,
+            "domain": error.domain,
+            "metadata": dict(error.metadata),
+            "field_violations": [
+                {"field": v.field, "description": v.description} for v in error.field_violations
+            ],
+            "retry_delay": to_jsonable(error.retry_delay),
+            "hint": hint,
+        }
+        print(json.dumps({"error": document}, ensure_ascii=False), file=sys.stderr)
+        return
+    print(f"error: {error.code.name}: {error.details}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+
+
+def _hint(error: SendonceError, target: str) -> str | None:
+    """What to check when the sidecar could not be reached at all (gRPC's own words vary)."""
+    if error.code is not grpc.StatusCode.UNAVAILABLE:
+        return None
+    details = error.details
+    if "Connection refused" in details or "No such file or directory" in details:
+        return f"is sendonce-server running at {target}?"
+    if "Hostname Verification" in details:
+        return "the sidecar's certificate does not carry the name asked for: --server-name NAME"
+    if "handshake failed" in details.lower():
+        return "TLS failed: --ca FILE with the CA that signed the sidecar's certificate"
+    if "Socket closed" in details:
+        return (
+            "the sidecar closed the connection: does it serve TLS (--tls or --ca FILE) "
+            "or want a client certificate (--cert and --key)?"
+        )
+    return None
 
 
 def to_jsonable(value: object) -> object:

@@ -9,6 +9,7 @@ idempotent by design, AttemptCount only reads and Clear converges.
 from __future__ import annotations
 
 import abc
+import asyncio
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -18,6 +19,20 @@ from typing import Final, Self
 import grpc
 import grpc.aio
 
+from sendonce.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    PayloadMismatch,
+    PermissionDenied,
+    ResourceExhausted,
+    SendonceError,
+    Unauthenticated,
+    Unavailable,
+    error_from_rpc,
+)
 from sendonce.types import (
     AttemptCountResult,
     ClearResult,
@@ -39,6 +54,7 @@ __all__ = [
     "Cancelled",
     "Client",
     "DeadlineExceeded",
+    "FieldViolation",
     "InvalidArgument",
     "NotFound",
     "PayloadMismatch",
@@ -51,6 +67,7 @@ __all__ = [
 
 DEFAULT_ADDRESS: Final = "127.0.0.1:50051"
 ADDRESS_ENV: Final = "SENDONCE_ADDRESS"
+TOKEN_ENV: Final = "SENDONCE_TOKEN"  # noqa: S105 (the variable's name, not a secret)
 
 # One attempt may take the receiver's whole timeout, so Deliver gets a longer deadline.
 DEFAULT_DELIVER_TIMEOUT: Final = 30.0
@@ -74,79 +91,6 @@ _SERVICE_CONFIG: Final = json.dumps(
         ]
     }
 )
-
-
-# --- errors ------------------------------------------------------------------------------------
-
-
-class SendonceError(Exception):
-    """An RPC the sidecar refused or could not answer. The grpc.RpcError is the __cause__.
-
-    A failed *delivery* is never an exception: it is an `Outcome` in the result.
-    """
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"{code.name}: {details}")
-        self.code = code
-        self.details = details
-
-
-class InvalidArgument(SendonceError):
-    """The request is malformed (e.g. an empty uid or an out-of-range retry policy)."""
-
-
-class NotFound(SendonceError):
-    """The channel is not configured on the sidecar."""
-
-
-class PayloadMismatch(SendonceError):
-    """The notification differs from the one the key first saw (FAILED_PRECONDITION)."""
-
-
-class Unavailable(SendonceError):
-    """The sidecar could not take the call, even after gRPC's built-in retries."""
-
-
-class DeadlineExceeded(SendonceError):
-    """The call's deadline passed before the sidecar answered."""
-
-
-class Unauthenticated(SendonceError):
-    """The sidecar requires a (valid) bearer token."""
-
-
-class PermissionDenied(SendonceError):
-    """The token is valid but not allowed to make this call."""
-
-
-class ResourceExhausted(SendonceError):
-    """A limit refused the call: too many calls at once (nothing was sent; retry with backoff)
-    or a message over the size limit (retrying the same request cannot help)."""
-
-
-class Cancelled(SendonceError):
-    """The call was dropped before an answer (the server's queue was full, or its connection
-    was closed, e.g. at shutdown). A Deliver is idempotent: retrying it with backoff is safe."""
-
-
-_ERRORS: Final[dict[grpc.StatusCode, type[SendonceError]]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.FAILED_PRECONDITION: PayloadMismatch,
-    grpc.StatusCode.UNAVAILABLE: Unavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
-    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
-    grpc.StatusCode.CANCELLED: Cancelled,
-}
-
-
-def _error_from_rpc(error: grpc.RpcError) -> SendonceError:
-    # Every RpcError the stubs raise is also a grpc.Call (sync) or an AioRpcError.
-    code = error.code() if callable(getattr(error, "code", None)) else grpc.StatusCode.UNKNOWN
-    details = (error.details() if callable(getattr(error, "details", None)) else None) or ""
-    return _ERRORS.get(code, SendonceError)(code, details)
 
 
 # --- shared configuration ----------------------------------------------------------------------
@@ -175,7 +119,8 @@ class _ClientBase(abc.ABC):
                 else "127.0.0.1:50051".
             timeout: default deadline in seconds of attempt_count and clear.
             deliver_timeout: default deadline in seconds of deliver.
-            token: sent as "authorization: Bearer <token>" with every call.
+            token: sent as "authorization: Bearer <token>" with every call; defaults to
+                $SENDONCE_TOKEN (as the CLI and the shipped manifests do); "" sends none.
             tls: use TLS with the system's root certificates; implied by any of the next three.
             root_certificates: PEM roots to verify the sidecar with.
             certificate_chain: PEM client certificate, for mutual TLS (with private_key).
@@ -187,6 +132,8 @@ class _ClientBase(abc.ABC):
         self.target: str = target or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
         self.timeout = timeout
         self.deliver_timeout = deliver_timeout
+        if token is None:
+            token = os.environ.get(TOKEN_ENV)
         self._metadata: tuple[tuple[str, str], ...] | None = (
             (("authorization", f"Bearer {token}"),) if token else None
         )
@@ -271,7 +218,7 @@ class Client(_ClientBase):
                 request, timeout=_or(timeout, self.deliver_timeout), metadata=self._metadata
             )
         except grpc.RpcError as error:
-            raise _error_from_rpc(error) from error
+            raise error_from_rpc(error) from error
         return deliver_result_from_pb(response)
 
     def attempt_count(
@@ -299,7 +246,7 @@ class Client(_ClientBase):
                 request, timeout=_or(timeout, self.timeout), metadata=self._metadata
             )
         except grpc.RpcError as error:
-            raise _error_from_rpc(error) from error
+            raise error_from_rpc(error) from error
         return attempt_count_result_from_pb(response)
 
     def clear(
@@ -328,7 +275,7 @@ class Client(_ClientBase):
                 request, timeout=_or(timeout, self.timeout), metadata=self._metadata
             )
         except grpc.RpcError as error:
-            raise _error_from_rpc(error) from error
+            raise error_from_rpc(error) from error
         return clear_result_from_pb(response)
 
     def close(self) -> None:
@@ -350,24 +297,44 @@ class Client(_ClientBase):
 class AsyncClient(_ClientBase):
     """Asyncio twin of `Client`: the same methods and results, awaited.
 
-    Create it in the event loop that uses it (gRPC's asyncio channels are bound to a loop).
+    It may be made anywhere, at module level included: its channel opens on the first call, in
+    the event loop that runs it, and the client stays bound to that loop (gRPC's asyncio
+    channels are). A call from another loop, e.g. a second `asyncio.run`, raises RuntimeError:
+    make one AsyncClient per loop.
 
     Example:
         async with AsyncClient() as client:
             result = await client.deliver(uid, "ops-slack", Notification(subject="Disk full"))
     """
 
-    _channel: grpc.aio.Channel
+    _channel: grpc.aio.Channel | None
     _stub: delivery_pb2_grpc.DeliveryServiceAsyncStub
+    _loop: asyncio.AbstractEventLoop | None
+    _closed: bool
 
     def _connect(self) -> None:
-        if self._credentials is None:
-            self._channel = grpc.aio.insecure_channel(self.target, options=self._options)
-        else:
-            self._channel = grpc.aio.secure_channel(
-                self.target, self._credentials, options=self._options
+        self._channel, self._loop, self._closed = None, None, False
+
+    def _bound_stub(self) -> delivery_pb2_grpc.DeliveryServiceAsyncStub:
+        """The stub, its channel opened in (and bound to) the running loop on first use."""
+        loop = asyncio.get_running_loop()
+        if self._closed:
+            raise grpc.aio.UsageError(f"{self!r} is closed")
+        if self._channel is None:
+            if self._credentials is None:
+                self._channel = grpc.aio.insecure_channel(self.target, options=self._options)
+            else:
+                self._channel = grpc.aio.secure_channel(
+                    self.target, self._credentials, options=self._options
+                )
+            self._stub = delivery_pb2_grpc.DeliveryServiceStub(self._channel)
+            self._loop = loop
+        elif loop is not self._loop:
+            raise RuntimeError(
+                f"{self!r} was first used in another event loop, and gRPC's asyncio channels "
+                "are bound to one; make one AsyncClient per loop (e.g. per asyncio.run)"
             )
-        self._stub = delivery_pb2_grpc.DeliveryServiceStub(self._channel)
+        return self._stub
 
     async def deliver(
         self,
@@ -388,11 +355,11 @@ class AsyncClient(_ClientBase):
             uid, channel, notification, retry_policy, persisted_attempts
         )
         try:
-            response = await self._stub.Deliver(
+            response = await self._bound_stub().Deliver(
                 request, timeout=_or(timeout, self.deliver_timeout), metadata=self._metadata
             )
         except grpc.RpcError as error:
-            raise _error_from_rpc(error) from error
+            raise error_from_rpc(error) from error
         return deliver_result_from_pb(response)
 
     async def attempt_count(
@@ -406,11 +373,11 @@ class AsyncClient(_ClientBase):
         """Read the state of (uid, channel) without changing it; see `Client.attempt_count`."""
         request = attempt_count_request_to_pb(uid, channel, persisted_attempts)
         try:
-            response = await self._stub.AttemptCount(
+            response = await self._bound_stub().AttemptCount(
                 request, timeout=_or(timeout, self.timeout), metadata=self._metadata
             )
         except grpc.RpcError as error:
-            raise _error_from_rpc(error) from error
+            raise error_from_rpc(error) from error
         return attempt_count_result_from_pb(response)
 
     async def clear(
@@ -424,16 +391,21 @@ class AsyncClient(_ClientBase):
         """Forget a notification; see `Client.clear`."""
         request = clear_request_to_pb(uid, channels, force)
         try:
-            response = await self._stub.Clear(
+            response = await self._bound_stub().Clear(
                 request, timeout=_or(timeout, self.timeout), metadata=self._metadata
             )
         except grpc.RpcError as error:
-            raise _error_from_rpc(error) from error
+            raise error_from_rpc(error) from error
         return clear_result_from_pb(response)
 
     async def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
-        await self._channel.close(None)
+        self._closed = True
+        if self._channel is not None and self._loop is asyncio.get_running_loop():
+            await self._channel.close(None)
+        # Else its loop is another one (likely ended with its asyncio.run): the channel cannot
+        # be closed from here, and is released when collected.
+        self._channel = None
 
     async def __aenter__(self) -> Self:
         return self

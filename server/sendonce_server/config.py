@@ -26,7 +26,10 @@ class ServerSettings(BaseSettings):
     """sendonce-server: a gRPC delivery sidecar that sends each notification at most once.
 
     Every flag can also be set by an environment variable: SENDONCE_ and the flag's name in
-    upper case with '_' for '-' (e.g. SENDONCE_LISTEN).
+    upper case with '_' for '-' (e.g. SENDONCE_LISTEN). --version prints the version.
+
+    `sendonce-server check-config [flags]` checks the same flags and the receivers file without
+    serving: exit 0 with a summary, or 2 naming every problem.
     """
 
     model_config = SettingsConfigDict(
@@ -239,6 +242,9 @@ def describe(error: ValidationError) -> str:
         where = ".".join(str(part) for part in problem["loc"]) or "(top level)"
         lines.append(f"  {where}: {problem['msg']}")
     return "\n".join(lines)
+
+
+TRACES_OFF = "not exported (set OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_TRACES_EXPORTER)"
 
 
 def tracing_configured() -> bool:

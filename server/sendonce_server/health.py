@@ -10,7 +10,9 @@ import grpc
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
+from .api import refusals
 from .engine.ports import Store
+from .status import Readiness
 
 log = logging.getLogger("sendonce.health")
 
@@ -20,15 +22,20 @@ async def follow_store(
     health: HealthServicer,
     services: Sequence[str],
     interval: float,
-    serving: bool = True,
+    readiness: Readiness,
 ) -> None:
-    """Runs until cancelled; logs each change so an operator sees outages begin and end."""
+    """Runs until cancelled; logs each change so an operator sees outages begin and end.
+
+    `readiness` is what the admin port's /readyz and the store metrics read.
+    """
     while True:
         await asyncio.sleep(interval)
         reachable = await store.ping()
-        if reachable == serving:
+        if not reachable:
+            readiness.store_check_failures += 1
+        if reachable == readiness.store_reachable:
             continue
-        serving = reachable
+        readiness.store_reachable = reachable
         status = health_pb2.HealthCheckResponse.SERVING
         if not reachable:
             status = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -61,13 +68,25 @@ class BoundedHealth(HealthServicer):  # type: ignore[misc]  # grpc_health ships 
         ],
     ) -> None:
         if self.watchers >= self.max_watchers:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{self.max_watchers} health Watch streams are open already "
-                "(--max-health-watchers); use Check, or close a Watch",
-            )
+            await refusals.abort(context, refusals.too_many_watchers(self.max_watchers))
         self.watchers += 1
         try:
             await super().Watch(request, context)
         finally:
             self.watchers -= 1
+
+    async def List(
+        self,
+        request: health_pb2.HealthListRequest,
+        context: grpc.aio.ServicerContext[
+            health_pb2.HealthListRequest, health_pb2.HealthListResponse
+        ],
+    ) -> health_pb2.HealthListResponse:
+        """Every service's status. grpc_health's asyncio servicer lacks List: the generated
+        stub it inherits is synchronous and raises, logging a traceback per call."""
+        return health_pb2.HealthListResponse(
+            statuses={
+                service: health_pb2.HealthCheckResponse(status=status)
+                for service, status in self._server_status.items()
+            }
+        )

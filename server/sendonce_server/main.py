@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import version
 
 from pydantic import ValidationError
 from pydantic_settings import CliApp
@@ -19,6 +20,14 @@ log = logging.getLogger("sendonce.server")
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    # Not a settings field: an environment variable must never turn the server into a printer.
+    if "--version" in args:
+        print(f"sendonce-server {version('sendonce-server')}")
+        return 0
+    if args[:1] == ["check-config"]:
+        from .check import run as check_config
+
+        return check_config(args[1:])
     try:
         settings = CliApp.run(ServerSettings, cli_args=args)
     except ValidationError as error:

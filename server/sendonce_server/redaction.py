@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -26,6 +26,7 @@ from .engine.model import Link, Notification
 
 REDACTED = "[REDACTED]"
 SECRET_GROUP = "secret"  # noqa: S105 (a group name)
+Target = Literal["text", "metadata_key"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,8 @@ class Rule:
     looks inside the regions that `within` matches (e.g. the lines under a YAML `data:` key).
     `hints` are lowercase substrings of which at least one must occur for the rule to be tried:
     a cheap test that keeps the cost low for text with no secret (empty: always tried).
+    With `target="metadata_key"` the pattern is searched in each metadata key instead, and the
+    whole value of a key it finds is replaced (the key stays): `{"db_password": "…"}`.
     """
 
     name: str
@@ -44,21 +47,46 @@ class Rule:
     group: str | int | None = None
     within: str | None = None
     hints: tuple[str, ...] = ()
+    target: Target = "text"
 
 
-_VALUE = r"""(?P<secret>(?<=")[^"\n]+?(?=\\?")|(?<=')[^'\n]+(?=')|[^\s"'`,;&<>{}\\]+)"""
-_SECRET_KEYS = (
-    r"passw(?:or)?d|secret|token|api[_-]?key|access[_-]?key|client[_-]?secret|private[_-]?key"  # noqa: S105
+# Key names that say their value is a secret: `DB_PASSWORD`, `x-api-key`, `DJANGO_SECRET_KEY`.
+# A key must end with one of them (`password_policy`, `max_tokens`, `secretName` do not).
+_SECRET_NAMES = (
+    r"passw(?:or)?d|pwd|passphrase|secret|token|credentials?|api[_-]?key|access[_-]?key"  # noqa: S105
+    r"|(?:secret|signing|encryption|private|master)[_-]?key|client[_-]?secret"
+)
+# One word of an unquoted value: a backslash counts, unless it escapes a quote.
+_WORD = r"""(?:[^\s"'`,;&<>{}\\]|\\(?!["']))+"""
+# The value after `key: `, `key=`, `"key": `: the whole of a quoted value, escapes included, to
+# its closing quote (or the end of the line when it has none); unquoted, to the end of the line
+# after a space (`password: correct horse battery staple`, stopping at `,` `;` `&` a quote, a
+# bracket or a ` #` comment), or one word right after the separator (`password=hunter2 next`).
+_VALUE = (
+    r"(?P<secret>"
+    # Inside a JSON string inside JSON (`{\"token\":\"x y\"}`): to the next unescaped `\"`.
+    r"""(?<=\\")(?:[^"\\\n]|\\\\\\"|\\[^"\n])+?(?=\\")"""
+    r"""|(?<=")(?:[^"\\\n]|\\.)+(?=["\n]|\Z)"""
+    r"""|(?<=')(?:[^'\\\n]|\\.|'')+(?=['\n]|\Z)"""
+    rf"|(?<=[ \t]){_WORD}(?:[ \t]+(?!#){_WORD})*"
+    rf"|{_WORD}"
+    r")"
 )
 # `user:password@` of a URL; bounded, so that a long run without `@` costs little.
 _USERINFO = r"[^\s:/?#@]{0,256}:(?P<secret>[^\s/?#@]{1,256})@"
+# The same, percent-encoded once or twice (`https%3A%2F%2Fuser%3Apass%40host`).
+_ENCODED_USERINFO = (
+    r"(?:[^\s%:/?#@]|%(?!(?:25)?(?:3A|40))[0-9A-F]{2}){0,256}%(?:25)?3A"
+    r"(?P<secret>(?:[^\s%:/?#@]|%(?!(?:25)?40)[0-9A-F]{2}){1,256})%(?:25)?40"
+)
+_JSON_KIND_SECRET = r'\\?"kind\\?"\s*:\s*\\?"Secret\\?"'  # noqa: S105 (a pattern)
 _YAML_BLOCK_SCALAR = r"[|>][-+0-9]*[ \t]*(?:\n(?:(?P=indent)[ \t]+[^\n]*|[ \t]*(?=\n)))*"
 
 DEFAULT_RULES: tuple[Rule, ...] = (
     Rule(
         "pem_private_key",
         # Up to the END line, or to the end of the text when the block was cut short.
-        r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
+        r"(?i)-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
         r"[\s\S]*?(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|\Z)",
         hints=("private key",),
     ),
@@ -70,6 +98,18 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         within=r"(?m)^(?P<head>[ \t]*)(?:data|stringData):[ \t]*\n"
         r"(?P<secret>(?:(?P=head)[ \t]+[^\n]*(?:\n|\Z)|[ \t]*\n)+)",
         hints=("data:",),
+    ),
+    Rule(
+        "kubernetes_secret_json",
+        # Each value of a JSON `"data": {…}` / `"stringData": {…}` object beside `"kind":
+        # "Secret"` (`kubectl get secret -o json`), also inside the JSON string of the
+        # `last-applied-configuration` annotation. Other `"data"` objects (API answers) stay.
+        r'\\?"[^"\\\n]+\\?"[ \t]*:[ \t]*\\?"' + _VALUE,
+        # (Up to the next `"kind"` only: a run of them costs linear time, not quadratic.)
+        within=rf"(?:({_JSON_KIND_SECRET})(?:(?!{_JSON_KIND_SECRET})[^{{}}])*)?"
+        r'\\?"(?:data|stringData)\\?"\s*:\s*\{(?P<secret>[^{}]*)\}'
+        rf"(?(1)|(?=[^{{}}]*{_JSON_KIND_SECRET}))",
+        hints=('data"', 'data\\"'),
     ),
     Rule(
         "database_url",
@@ -84,10 +124,23 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         hints=("@",),
     ),
     Rule(
+        "url_password_encoded",
+        rf"(?i)(?<![a-z0-9+.-])[a-z][a-z0-9+.-]{{0,31}}%(?:25)?3A%(?:25)?2F%(?:25)?2F"
+        rf"{_ENCODED_USERINFO}",
+        hints=("%40", "%2540"),
+    ),
+    Rule(
         "authorization_header",
         r"(?i)\b(?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?"
         r"(?:bearer|basic|token|digest|negotiate|apikey)\s+(?P<secret>[^\s\"',;]+)",
         hints=("authorization",),
+    ),
+    Rule(
+        # Every value of a `Cookie:` or `Set-Cookie:` header; the cookie names stay.
+        "cookie_header",
+        r"""=(?P<secret>[^;\s"'\\,]+)""",
+        within=r"""(?i)\b(?:set-)?cookie\\?["']?[ \t]*:[ \t]*(?P<secret>[^\r\n]+)""",
+        hints=("cookie",),
     ),
     Rule(
         # A token-like word (16+ characters, a digit among them) after "Bearer".
@@ -101,11 +154,19 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         hints=("aws",),
     ),
     Rule(
-        # `password=…`, `"api_key": "…"`, `DB_PASSWORD: …`, `x-api-key: …`, `?token=…`.
+        # `password=…`, `"api_key": "…"`, `DB_PASSWORD: …`, `x-api-key: …`, `?token=…`,
+        # `password => …`, `secret := …`.
         "secret_assignment",
-        rf"(?i)(?<![\w.-])[\w.-]{{0,40}}?(?:{_SECRET_KEYS})"
-        rf"\\?[\"']?[ \t]*[:=][ \t]*\\?[\"']?{_VALUE}",
-        hints=("passw", "secret", "token", "key"),
+        rf"(?i)(?<![\w.-])[\w.-]{{0,40}}?(?:{_SECRET_NAMES})"
+        rf"\\?[\"']?[ \t]*(?::=|=>|[:=])[ \t]*\\?[\"']?{_VALUE}",
+        hints=("passw", "pwd", "passphrase", "secret", "token", "credential", "key"),
+    ),
+    Rule(
+        # The same, percent-encoded (a query inside a query, a form body): `password%3Dhunter2`.
+        "secret_assignment_encoded",
+        rf"(?i)(?<![\w.-])[\w.-]{{0,40}}?(?:{_SECRET_NAMES})%(?:25)?3[AD](?:%(?:25)?20|\+)*"
+        r"(?P<secret>(?:[^\s%&\"'<>]|%(?!(?:25)?26)[0-9A-F]{2})+)",
+        hints=("%3d", "%3a", "%253d", "%253a"),
     ),
     Rule(
         "signed_url",
@@ -137,6 +198,12 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule("google_api_key", r"\bAIza[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-])", hints=("aiza",)),
     Rule("sendgrid_key", r"\bSG\.[\w-]{16,}\.[\w-]{16,}", hints=("sg.",)),
     Rule("aws_access_key_id", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b", hints=("akia", "asia")),
+    Rule(
+        "secret_metadata_key",
+        rf"(?i)(?:{_SECRET_NAMES}|authorization|cookie)\s*$",
+        target="metadata_key",
+        hints=("pass", "pwd", "secret", "token", "credential", "key", "authorization", "cookie"),
+    ),
 )
 
 
@@ -163,6 +230,10 @@ class _Compiled:
         return self.pattern.sub(lambda match: _splice(match, self.group, REDACTED), text)
 
 
+def _any_of(hints: Sequence[str]) -> re.Pattern[str] | None:
+    return re.compile("|".join(map(re.escape, hints)), re.IGNORECASE) if hints else None
+
+
 def _group(pattern: re.Pattern[str], group: str | int | None) -> str | int:
     if group is None:
         return SECRET_GROUP if SECRET_GROUP in pattern.groupindex else 0
@@ -183,15 +254,26 @@ def _splice(match: re.Match[str], group: str | int, replacement: str) -> str:
     return whole[: start - offset] + replacement + whole[end - offset :]
 
 
+_KEY_VERDICTS = 4096  # metadata keys whose verdict a Redactor remembers
+
+
 class Redactor:
     """Applies a rule set to text and to every text field of a notification."""
 
     def __init__(self, rules: Iterable[Rule] = DEFAULT_RULES) -> None:
         self.rules: tuple[Rule, ...] = tuple(rules)
-        self._compiled = tuple(_Compiled(rule) for rule in self.rules)
-        self._always = frozenset(i for i, rule in enumerate(self.rules) if not rule.hints)
+        text_rules = [rule for rule in self.rules if rule.target == "text"]
+        # Per key rule: its pattern, and its hints as one case-blind search (None: no hints).
+        self._key_rules = tuple(
+            (re.compile(rule.pattern), _any_of(rule.hints))
+            for rule in self.rules
+            if rule.target == "metadata_key"
+        )
+        self._key_verdicts: dict[str, bool] = {}
+        self._compiled = tuple(_Compiled(rule) for rule in text_rules)
+        self._always = frozenset(i for i, rule in enumerate(text_rules) if not rule.hints)
         self._hints: dict[str, frozenset[int]] = {}
-        for i, rule in enumerate(self.rules):
+        for i, rule in enumerate(text_rules):
             for hint in rule.hints:
                 self._hints[hint] = self._hints.get(hint, frozenset()) | {i}
 
@@ -200,16 +282,25 @@ class Redactor:
         return self._redact(text, self._candidates(text))
 
     def redact(self, notification: Notification) -> Notification:
-        """A copy with subject, body, metadata values and link titles and URLs redacted; the
-        same object when there was nothing to redact."""
+        """A copy with subject, body, metadata values and link titles and URLs redacted, and
+        the whole value of each metadata key that names a secret; the same object when there
+        was nothing to redact."""
         texts = [notification.subject, notification.body, *notification.metadata.values()]
         texts += [part for link in notification.links for part in (link.title, link.url)]
+        secret_keys = {
+            key
+            for key, value in notification.metadata.items()
+            if value and self._key_rules and self._names_a_secret(key)
+        }
         # One cheap look at all the text decides which rules can match at all.
-        if not self._candidates("\n".join(texts)):
+        if not secret_keys and not self._candidates("\n".join(texts)):
             return notification
         subject = self.redact_text(notification.subject)
         body = self.redact_text(notification.body)
-        metadata = {key: self.redact_text(value) for key, value in notification.metadata.items()}
+        metadata = {
+            key: REDACTED if key in secret_keys else self.redact_text(value)
+            for key, value in notification.metadata.items()
+        }
         links = tuple(
             Link(self.redact_text(link.title), self.redact_text(link.url))
             for link in notification.links
@@ -222,6 +313,20 @@ class Redactor:
         ):
             return notification
         return replace(notification, subject=subject, body=body, metadata=metadata, links=links)
+
+    def _names_a_secret(self, key: str) -> bool:
+        # Controllers send the same few keys again and again: remember the verdicts.
+        verdict = self._key_verdicts.get(key)
+        if verdict is None:
+            verdict = any(
+                pattern.search(key)
+                for pattern, hints in self._key_rules
+                if hints is None or hints.search(key)
+            )
+            if len(self._key_verdicts) >= _KEY_VERDICTS:
+                self._key_verdicts.clear()
+            self._key_verdicts[key] = verdict
+        return verdict
 
     def _candidates(self, text: str) -> frozenset[int]:
         """The rules worth trying on `text`: those without hints, and those whose hint occurs."""
@@ -245,6 +350,7 @@ class RedactionRuleConfig(BaseModel):
     name: str = Field(min_length=1)
     pattern: str = Field(min_length=1)
     group: str | int | None = None
+    target: Target = "text"
 
     @model_validator(mode="after")
     def _compiles(self) -> Self:
@@ -258,7 +364,7 @@ class RedactionRuleConfig(BaseModel):
         return self
 
     def rule(self) -> Rule:
-        return Rule(self.name, self.pattern, self.group)
+        return Rule(self.name, self.pattern, self.group, target=self.target)
 
 
 class RedactionConfig(BaseModel):

@@ -10,6 +10,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
+from .api import refusals
 from .config import ConfigError, ServerSettings
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
@@ -72,10 +73,7 @@ def _no_password() -> bytes:
 
 
 async def _unauthenticated(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-    await context.abort(
-        grpc.StatusCode.UNAUTHENTICATED,
-        "missing or wrong bearer token: send 'authorization: Bearer <token>'",
-    )
+    await refusals.abort(context, refusals.UNAUTHENTICATED)
 
 
 # A streaming-request handler runs as soon as the headers arrive, without reading the request:

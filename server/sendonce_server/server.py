@@ -9,14 +9,15 @@ import os
 import signal
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer  # the asyncio servicer (health.aio)
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer  # reflection.aio's servicer
 
 from sendonce.v1 import delivery_pb2, delivery_pb2_grpc
 
@@ -24,6 +25,7 @@ from .api.servicer import CallGate, DeliveryServicer
 from .api.validation import Limits
 from .channels.registry import ChannelConfigError, build_channel
 from .config import (
+    TRACES_OFF,
     ConfigError,
     ReceiversFile,
     ServerSettings,
@@ -33,10 +35,13 @@ from .config import (
 from .engine.engine import Engine, EngineSettings, Receiver
 from .health import BoundedHealth, follow_store
 from .security import TokenAuth, read_secret, server_credentials
+from .status import Readiness, ReloadStatus
 from .store.factory import build_store
 from .store.urls import display_url
+from .wire import add_lenient
 
 if TYPE_CHECKING:
+    from .admin import AdminServer
     from .telemetry import Telemetry
 
 log = logging.getLogger("sendonce.server")
@@ -57,8 +62,46 @@ class Sidecar:
     addresses: Sequence[str]
     settings: ServerSettings
     gate: CallGate
+    readiness: Readiness = field(default_factory=Readiness)
+    reloads: ReloadStatus = field(default_factory=ReloadStatus)
     store_follower: asyncio.Task[None] | None = None
     telemetry: Telemetry | None = None
+    admin: AdminServer | None = None
+    # Replaced receivers whose channels close once their running attempts end.
+    retiring: set[asyncio.Task[None]] = field(default_factory=set)
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def reload(self) -> str:
+        """Re-read the receivers file and serve it; returns a summary of what is served now.
+
+        Attempts running keep the receiver they started with; a receiver whose breaker
+        settings stay keeps its breaker; records are the store's and are untouched. A file
+        that cannot be used raises ConfigError, and the configuration in use stays.
+        """
+        async with self.reload_lock:
+            source = str(self.settings.config or "the embedded default")
+            try:
+                config = load_receivers(self.settings.config)
+                receivers = await build_receivers(config)
+            except ConfigError as error:
+                self.reloads.failed()
+                log.error(
+                    "reload of %s failed, the configuration in use stays: %s",
+                    source,
+                    " ".join(line.strip() for line in str(error).splitlines()),
+                )
+                raise
+            redactor = config.redaction.redactor()
+            replaced = self.engine.reconfigure(
+                receivers, redactor.redact if redactor.rules else None
+            )
+            retire = asyncio.create_task(self.engine.retire(replaced), name="sendonce-retire")
+            self.retiring.add(retire)
+            retire.add_done_callback(self.retiring.discard)
+            self.reloads.succeeded()
+            names = ", ".join(receiver.name for receiver in receivers)
+            log.info("reloaded %s; receivers: %s", source, names)
+            return f"reloaded {source}; receivers: {names}"
 
     async def stop(self) -> None:
         """Health goes NOT_SERVING, new calls are refused, running attempts get the grace."""
@@ -70,6 +113,7 @@ class Sidecar:
             return max(0.0, deadline - loop.time())
 
         self.gate.closed = True
+        self.readiness.shutting_down = True
         if self.store_follower is not None:
             self.store_follower.cancel()
         await self.health.enter_graceful_shutdown()
@@ -85,24 +129,30 @@ class Sidecar:
         left = await self.engine.drain(remaining())
         if left:
             log.warning("%d attempts still running at exit; their leases will expire", left)
+        for retire in list(self.retiring):
+            retire.cancel()
         await self.engine.close()
+        if self.admin is not None:
+            self.admin.close()
         if self.telemetry is not None:
             self.telemetry.shutdown()
         log.info("stopped")
 
 
-def build_receivers(config: ReceiversFile) -> list[Receiver]:
-    receivers = []
+async def build_receivers(config: ReceiversFile) -> list[Receiver]:
+    """Every receiver of `config` with its channel; on a bad one, those built are closed."""
+    receivers: list[Receiver] = []
     for receiver in config.receivers:
         try:
             channel = build_channel(receiver.type, receiver.settings)
-        except ChannelConfigError as error:
+            policy = config.policy_for(receiver)
+        except (ChannelConfigError, ConfigError) as error:
+            for built in receivers:
+                await built.channel.close()
+            if isinstance(error, ConfigError):
+                raise
             raise ConfigError(f"receiver {receiver.name!r}: {error}") from None
-        receivers.append(
-            Receiver(
-                receiver.name, channel, config.policy_for(receiver), receiver.breaker.settings()
-            )
-        )
+        receivers.append(Receiver(receiver.name, channel, policy, receiver.breaker.settings()))
     return receivers
 
 
@@ -121,7 +171,7 @@ async def start(settings: ServerSettings, config: ReceiversFile | None = None) -
     try:
         if not reachable and not settings.store_is_remote:
             raise ConfigError(f"cannot open the store {display_url(settings.store)}")
-        receivers = build_receivers(config)
+        receivers = await build_receivers(config)
     except BaseException:
         await store.close()
         raise
@@ -132,19 +182,44 @@ async def start(settings: ServerSettings, config: ReceiversFile | None = None) -
         settings=EngineSettings(lease_margin=settings.lease_margin, retention=settings.retention),
         redact=redactor.redact if redactor.rules else None,
     )
+    readiness, reloads = Readiness(store_reachable=reachable), ReloadStatus()
+    reloads.succeeded()
     telemetry = None
+    sidecar = None
     try:
-        if settings.metrics_listen or tracing_configured():
-            # Imported only when asked for: the OpenTelemetry SDK slows every start.
+        registry = None
+        if settings.metrics_listen:
+            # Imported only when asked for: prometheus_client and the OpenTelemetry SDK slow
+            # every start.
+            from .admin import registry_for
+
+            registry = registry_for(readiness, reloads)
+        if registry is not None or tracing_configured():
             from .telemetry import TelemetrySettings
             from .telemetry import setup as setup_telemetry
 
             telemetry = setup_telemetry(
-                TelemetrySettings(settings.metrics_listen, settings.trace_sample_ratio), engine
+                TelemetrySettings(settings.trace_sample_ratio), engine, registry
             )
-        sidecar = await _serve(settings, engine, credentials, token, telemetry, reachable)
+        else:
+            log.info("traces: %s", TRACES_OFF)
+        sidecar = await _serve(settings, engine, credentials, token, telemetry, readiness)
+        sidecar.reloads = reloads
+        if registry is not None and settings.metrics_listen:
+            from .admin import AdminApp, AdminServer
+
+            app = AdminApp(registry, readiness, sidecar.reload, asyncio.get_running_loop())
+            sidecar.admin = AdminServer(settings.metrics_listen, app)
+            log.info(
+                "admin port on http://%s: /metrics, /healthz, /readyz, POST /-/reload",
+                settings.metrics_listen,
+            )
     except BaseException:
-        # Whatever was opened (channels, store, metrics port) is closed again.
+        # Whatever was opened (channels, store, gRPC and admin ports) is closed again.
+        if sidecar is not None:
+            await sidecar.server.stop(0)
+            if sidecar.store_follower is not None:
+                sidecar.store_follower.cancel()
         await engine.close()
         if telemetry is not None:
             telemetry.shutdown()
@@ -166,7 +241,7 @@ async def _serve(
     credentials: grpc.ServerCredentials | None,
     token: bytes | None,
     telemetry: Telemetry | None,
-    reachable: bool,
+    readiness: Readiness,
 ) -> Sidecar:
     gate = CallGate(settings.max_concurrent_rpcs)
     # Outermost first: telemetry sees every call, refused ones included. With neither, grpc
@@ -199,18 +274,24 @@ async def _serve(
             ("grpc.max_connection_age_grace_ms", int(settings.stalled_call_timeout * 1000)),
         ],
     )
-    delivery_pb2_grpc.add_DeliveryServiceServicer_to_server(
-        DeliveryServicer(engine, Limits(max_body_bytes=settings.max_body_bytes), gate), server
+    # Every service parses leniently: bytes that are not its message are INVALID_ARGUMENT,
+    # never an UNKNOWN with a logged traceback (wire.py).
+    add_lenient(
+        server,
+        delivery_pb2_grpc.add_DeliveryServiceServicer_to_server,
+        DeliveryServicer(engine, Limits(max_body_bytes=settings.max_body_bytes), gate),
     )
     health_servicer = BoundedHealth(settings.max_health_watchers)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [
-            SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
+    add_lenient(server, health_pb2_grpc.add_HealthServicer_to_server, health_servicer)
+    reflected = [
+        SERVICE_NAME,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    ]
+    add_lenient(
         server,
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
+        ReflectionServicer(reflected),
     )
     # gRPC creates the unix socket when the port is added: only this user may connect to it.
     old_umask = os.umask(0o177)
@@ -224,7 +305,7 @@ async def _serve(
     # restarting it.
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     status = health_pb2.HealthCheckResponse.SERVING
-    if not reachable:
+    if not readiness.store_reachable:
         # A shared store may come up after the sidecar: wait for it NOT_SERVING, not exit.
         status = health_pb2.HealthCheckResponse.NOT_SERVING
         log.warning("store %s unreachable: not serving until it is", display_url(settings.store))
@@ -237,11 +318,21 @@ async def _serve(
                 health_servicer,
                 [SERVICE_NAME],
                 settings.store_check_interval,
-                reachable,
+                readiness,
             ),
             name="sendonce-store-health",
         )
-    return Sidecar(server, engine, health_servicer, addresses, settings, gate, follower, telemetry)
+    return Sidecar(
+        server,
+        engine,
+        health_servicer,
+        addresses,
+        settings,
+        gate,
+        readiness,
+        store_follower=follower,
+        telemetry=telemetry,
+    )
 
 
 def _listen(
@@ -287,8 +378,13 @@ def _remove_stale_socket(path: Path) -> None:
     raise ConfigError(f"unix socket {path} is in use by another process")
 
 
-def _ignore_hangup() -> None:
-    log.warning("SIGHUP ignored: sendonce-server does not reload; restart it to apply changes")
+async def _reload_on_hangup(sidecar: Sidecar | None) -> None:
+    if sidecar is None:
+        log.warning("SIGHUP ignored: still starting")
+        return
+    log.info("SIGHUP: reloading the receivers file")
+    with contextlib.suppress(ConfigError):  # logged by reload; the configuration stays
+        await sidecar.reload()
 
 
 async def serve(settings: ServerSettings) -> int:
@@ -299,10 +395,17 @@ async def serve(settings: ServerSettings) -> int:
     # a graceful stop, never the default instant death.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    # Operators send HUP by habit (as to Alertmanager, or from a config-reload sidecar); its
-    # default action kills the process at once, losing a memory store. Until reloading exists,
-    # it is logged and ignored.
-    loop.add_signal_handler(signal.SIGHUP, _ignore_hangup)
+    # SIGHUP reloads the receivers file, as for Alertmanager; its default action would kill the
+    # process at once, losing a memory store, so it is handled from before the start.
+    sidecar: Sidecar | None = None
+    reloads: set[asyncio.Task[None]] = set()
+
+    def hangup() -> None:
+        task = asyncio.create_task(_reload_on_hangup(sidecar), name="sendonce-sighup")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
     try:
         sidecar = await start(settings)
         await stop.wait()

@@ -14,9 +14,10 @@ from collections.abc import Awaitable, Callable, Iterable, Sized
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeAlias
-from wsgiref.simple_server import WSGIServer
+from urllib.parse import urlsplit
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -27,10 +28,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Histogram
 
 from . import __version__
-from .config import ConfigError, tracing_configured
+from .config import TRACES_OFF, tracing_configured
 from .engine.engine import Engine
 from .engine.model import CircuitState, DeliveryResult, Key, Outcome
 from .engine.observer import AttemptObservation
@@ -42,13 +43,23 @@ log = logging.getLogger("sendonce.telemetry")
 DURATION_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 )  # fmt: skip
+# The codes OpenTelemetry's gRPC conventions mark as a server span's error; the others (bad
+# input, not found, a precondition, ...) are the caller's to act on.
+SERVER_FAULTS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
 _CIRCUIT_LEVEL = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
 
 
 @dataclass(frozen=True, slots=True)
 class TelemetrySettings:
-    # host:port for the Prometheus /metrics endpoint; None: no metrics.
-    metrics_listen: str | None = None
     # Parent-based: a caller's sampled trace is always continued; new roots use this ratio.
     trace_sample_ratio: float = 0.1
 
@@ -194,8 +205,6 @@ class Telemetry:
             registry,
         )
         self._engine = engine
-        # The /metrics HTTP server (a thread), stopped with the rest by `shutdown`.
-        self.metrics_server: WSGIServer | None = None
         meter.create_observable_gauge(
             "sendonce.store.records",
             callbacks=[self._records],
@@ -208,15 +217,17 @@ class Telemetry:
             description="Circuit breaker per receiver: 0 closed, 1 half-open, 2 open",
         )
 
-    def answered(self, receiver: str, result: DeliveryResult) -> None:
-        key = (receiver, result.outcome)
-        self.deliveries[key] = self.deliveries.get(key, 0) + 1
+    def answered(self, key: Key, result: DeliveryResult) -> None:
+        receiver = key.channel
+        count = (receiver, result.outcome)
+        self.deliveries[count] = self.deliveries.get(count, 0) + 1
         if result.shared:
             self.shared[receiver] = self.shared.get(receiver, 0) + 1
         span = trace.get_current_span()
         if span.is_recording():
             span.set_attributes(
                 {
+                    "sendonce.uid": key.uid,
                     "sendonce.receiver": receiver,
                     "sendonce.outcome": result.outcome.value,
                     "sendonce.attempt": result.attempt,
@@ -245,10 +256,6 @@ class Telemetry:
             yield Observation(_CIRCUIT_LEVEL[breaker.state], {"receiver": name})
 
     def shutdown(self) -> None:
-        if self.metrics_server is not None:
-            self.metrics_server.shutdown()
-            self.metrics_server.server_close()
-            self.metrics_server = None
         if self.tracing is not None:
             self.tracing.shutdown()
         if self.meters is not None:
@@ -277,15 +284,30 @@ def _trace_exporter() -> Any | None:
     return OTLPSpanExporter()
 
 
-def setup(settings: TelemetrySettings, engine: Engine) -> Telemetry:
-    """Metrics and tracing as configured; each is off (and free) when not asked for."""
+def _spans_go_to(exporter: Any | None, ratio: float) -> str:
+    """Where spans go, for the startup line: an endpoint's host and port, never its query."""
+    if exporter is None:
+        return TRACES_OFF
+    sampling = f"{ratio:g} of new traces sampled, a caller's sampled trace always continued"
+    if type(exporter).__name__ == "ConsoleSpanExporter":
+        return f"printed on stdout; {sampling}"
+    endpoint = (
+        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or "http://localhost:4317"
+    )
+    parts = urlsplit(endpoint)
+    where = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}" if parts.netloc else endpoint
+    return f"exported over OTLP/gRPC to {where}; {sampling}"
+
+
+def setup(
+    settings: TelemetrySettings, engine: Engine, registry: CollectorRegistry | None = None
+) -> Telemetry:
+    """Metrics into `registry` (none without one) and tracing as the OTEL_* variables ask."""
     resource = Resource.create({"service.name": "sendonce", "service.version": __version__})
     meters = None
-    metrics_server = None
-    registry = None
-    if settings.metrics_listen:
-        registry = CollectorRegistry()
-        metrics_server = _serve_metrics(settings.metrics_listen, registry)
+    if registry is not None:
         reader = PrometheusMetricReader(registry=registry)
         meters = MeterProvider(
             metric_readers=[reader],
@@ -293,9 +315,9 @@ def setup(settings: TelemetrySettings, engine: Engine) -> Telemetry:
             # Exemplars would cost every measurement a trace lookup; Prometheus text drops them.
             exemplar_filter=AlwaysOffExemplarFilter(),
         )
-        log.info("metrics on http://%s/metrics", settings.metrics_listen)
     tracing = None
     exporter = _trace_exporter()
+    log.info("traces: %s", _spans_go_to(exporter, settings.trace_sample_ratio))
     if exporter is not None:
         # New roots are sampled by the interceptor (at the ratio) before a span is built; the
         # SDK then follows the parent, which is how every span below a server span is sampled.
@@ -304,26 +326,8 @@ def setup(settings: TelemetrySettings, engine: Engine) -> Telemetry:
     telemetry = Telemetry(
         meters, tracing, engine, sample_ratio=settings.trace_sample_ratio, registry=registry
     )
-    telemetry.metrics_server = metrics_server
     engine.observer = telemetry
     return telemetry
-
-
-def _serve_metrics(listen: str, registry: CollectorRegistry) -> WSGIServer:
-    """Start the /metrics HTTP server on host:port ([::1]:port for IPv6)."""
-    host, _, port = listen.rpartition(":")
-    try:
-        server, _ = start_http_server(
-            int(port),
-            addr=host.strip("[]") or "0.0.0.0",  # noqa: S104
-            registry=registry,
-        )
-    except ValueError:
-        raise ConfigError(f"cannot serve metrics on {listen}: use host:port") from None
-    except (OSError, OverflowError) as error:
-        reason = getattr(error, "strerror", None) or "the port must be 0 to 65535"
-        raise ConfigError(f"cannot serve metrics on {listen}: {reason}") from None
-    return server
 
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
@@ -372,23 +376,41 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
                 sampled = random.random() < ratio
             else:
                 sampled = trace.get_current_span(parent).get_span_context().trace_flags.sampled
-            code = "OK"
+            code = grpc.StatusCode.OK
             try:
                 if not sampled:
-                    return await inner(request, context)
+                    if parent is None:
+                        return await inner(request, context)
+                    # Not recorded, but the caller's trace id still reaches the log lines.
+                    token = otel_context.attach(parent)
+                    try:
+                        return await inner(request, context)
+                    finally:
+                        otel_context.detach(token)
                 with tracer.start_as_current_span(
-                    method.lstrip("/"), context=parent, kind=SpanKind.SERVER, attributes=attributes
+                    method.lstrip("/"),
+                    context=parent,
+                    kind=SpanKind.SERVER,
+                    attributes=attributes,
+                    record_exception=False,
+                    set_status_on_exception=False,
                 ) as span:
                     try:
                         return await inner(request, context)
                     except BaseException:
-                        span.set_attribute("rpc.grpc.status_code", _code(context))
+                        code = _code(context)
                         raise
+                    finally:
+                        # OpenTelemetry's RPC conventions: the code as an int on every span; an
+                        # error only for the codes that are the server's fault.
+                        span.set_attribute("rpc.grpc.status_code", code.value[0])
+                        if code in SERVER_FAULTS:
+                            span.set_status(Status(StatusCode.ERROR, code.name))
             except BaseException:
                 code = _code(context)
                 raise
             finally:
-                duration.observe(time.perf_counter() - started, name, code)
+                duration.observe(time.perf_counter() - started, name, code.name)
 
         return grpc.unary_unary_rpc_method_handler(
             observed,
@@ -410,6 +432,6 @@ def _remote_parent(metadata: Iterable[tuple[str, str | bytes]] | None) -> Contex
     return propagate.extract({key: value for key, value in pairs if isinstance(value, str)})
 
 
-def _code(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+def _code(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
     status = context.code()
-    return status.name if isinstance(status, grpc.StatusCode) else "UNKNOWN"
+    return status if isinstance(status, grpc.StatusCode) else grpc.StatusCode.UNKNOWN

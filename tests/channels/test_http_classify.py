@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import socket
 import ssl
+import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -196,10 +198,58 @@ def test_url_secrets_cover_path_query_and_credentials_but_not_the_host() -> None
     assert "hooks" not in parts
 
 
+def test_a_bare_slash_path_is_no_secret() -> None:
+    redact = Redactor(url_secrets("https://hooks.example.com/?token=t0k3n123"))
+
+    assert (
+        redact("see https://docs.example/e/404 t0k3n123")
+        == f"see https://docs.example/e/404 {REDACTED}"
+    )
+
+
 def test_redactor_replaces_raw_and_percent_encoded_forms() -> None:
     redact = Redactor(["a/b c"])
 
     assert redact("x a/b c y a%2Fb%20c z a/b%20c") == f"x {REDACTED} y {REDACTED} z {REDACTED}"
+
+
+@pytest.mark.parametrize(
+    "echoed",
+    [
+        "a%2fb%20c",  # lower-case hex
+        "a%252Fb%2520c",  # encoded twice
+        "a%2Fb+c",  # form encoding
+        "a\\/b\\u0020c",  # JSON escapes
+        "a\\\\\\/b c",  # JSON inside JSON
+        "a&#x2f;b&#32;c",  # HTML references
+        "%61/b%20c",  # an encoded letter, mixed with raw ones
+    ],
+)
+def test_redactor_replaces_every_encoding_of_a_secret(echoed: str) -> None:
+    assert Redactor(["a/b c"])(f"x {echoed} y") == f"x {REDACTED} y"
+
+
+def test_redactor_replaces_base64_of_a_whole_secret() -> None:
+    redact = Redactor(["user:pa55word"])
+    basic = base64.b64encode(b"user:pa55word").decode()
+
+    assert redact(f"Authorization: Basic {basic}") == f"Authorization: Basic {REDACTED}"
+
+
+@pytest.mark.parametrize("text", ["a/b", "a/b  c", "A/B C", "a%2Fb%2", "a&amp;b c", "%"])
+def test_redactor_leaves_text_that_is_not_the_secret(text: str) -> None:
+    assert Redactor(["a/b c"])(text) == text
+
+
+@pytest.mark.parametrize("run", ["\\", "%25", "%", "&#0", "+"])
+def test_redactor_stays_linear_on_long_runs(run: str) -> None:
+    redact = Redactor(url_secrets("https://u:p%25w@h.example.com/a%25b/c\\d?t=%5C%25%2B%2F%26x"))
+    text = run * (64 * 1024 // len(run))
+
+    started = time.perf_counter()
+    redact(text)
+
+    assert time.perf_counter() - started < 2.0  # quadratic takes minutes here
 
 
 def test_http_library_logs_are_scrubbed_while_registered(

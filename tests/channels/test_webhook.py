@@ -262,7 +262,7 @@ async def test_410_gone_disables_the_receiver_until_a_reload(
 
     assert first == SendResult.permanent("HTTP 410 Gone: this hook was deleted")
     assert second == SendResult.permanent(
-        "receiver disabled after HTTP 410 Gone; restart the sidecar to enable it"
+        "receiver disabled after HTTP 410 Gone; reload or restart the sidecar to enable it"
     )
     assert receiver.hits == 1  # the second send never called the receiver
     # A reload builds a new channel object, which calls the receiver again.

@@ -33,6 +33,12 @@ M = TypeVar("M", bound=Message)
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+@pytest.fixture(autouse=True)
+def _no_token_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The clients read $SENDONCE_TOKEN: a value from the caller's shell must not leak in."""
+    monkeypatch.delenv("SENDONCE_TOKEN", raising=False)
+
+
 @dataclass(frozen=True)
 class Call:
     """What the servicer saw of one RPC attempt."""
@@ -52,6 +58,8 @@ class FakeServicer(delivery_pb2_grpc.DeliveryServiceServicer):
         self.clear_response = delivery_pb2.ClearResponse()
         # Served one per call, before any answer: e.g. two UNAVAILABLE then the response.
         self.aborts: list[tuple[grpc.StatusCode, str]] = []
+        # Trailing metadata sent with the aborts (e.g. grpc-status-details-bin).
+        self.abort_trailer: tuple[tuple[str, str | bytes], ...] = ()
         # Never answer: the client's deadline has to end the call.
         self.hang = False
         self.calls: list[Call] = []
@@ -86,7 +94,7 @@ class FakeServicer(delivery_pb2_grpc.DeliveryServiceServicer):
         self.calls.append(Call(method, request, metadata, context.time_remaining()))
         if self.aborts:
             code, details = self.aborts.pop(0)
-            await context.abort(code, details)
+            await context.abort(code, details, trailing_metadata=self.abort_trailer)
         if self.hang:
             await asyncio.Event().wait()
 

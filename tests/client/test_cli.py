@@ -6,14 +6,19 @@ import json
 import os
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
+import sendonce_server
 from sendonce.cli import main
 from sendonce.v1 import delivery_pb2
+from tests.server.process import free_tcp_port
 
 from .conftest import RunningServer, assert_deadline
 
@@ -97,14 +102,14 @@ def test_failed_delivery_is_an_answer(
     )
     args = ["--address", server.address, "deliver", "uid-1", "ops", "--subject", "s"]
 
-    assert main(args) == 0
+    assert main(args) == 3  # not final: call again
     assert capsys.readouterr().out == (
         "failed (attempt 2 of 5) — retry after 60.5s — last error: HTTP 503\n"
     )
     assert not server.servicer.last(delivery_pb2.DeliverRequest).HasField("retry_policy")
 
     # --json and --timeout also work after the command.
-    assert main([*args, "--json", "--timeout", "2"]) == 0
+    assert main([*args, "--json", "--timeout", "2"]) == 3
     assert json.loads(capsys.readouterr().out) == {
         "outcome": "failed",
         "attempt": 2,
@@ -189,6 +194,41 @@ def test_clear(server: RunningServer, capsys: pytest.CaptureFixture[str]) -> Non
     )
 
 
+@pytest.mark.parametrize(
+    ("outcome", "final", "status"),
+    [
+        (delivery_pb2.OUTCOME_DELIVERED, True, 0),
+        (delivery_pb2.OUTCOME_ALREADY_DELIVERED, True, 0),
+        (delivery_pb2.OUTCOME_FAILED, False, 3),
+        (delivery_pb2.OUTCOME_RETRY_LATER, False, 3),
+        (delivery_pb2.OUTCOME_IN_PROGRESS, False, 3),
+        (delivery_pb2.OUTCOME_CIRCUIT_OPEN, False, 3),
+        (delivery_pb2.OUTCOME_FAILED_PERMANENT, True, 4),
+        (delivery_pb2.OUTCOME_EXHAUSTED, True, 4),
+        # An outcome this CLI does not know (a newer sidecar): `final` decides.
+        (delivery_pb2.Outcome.ValueType(99), True, 4),
+        (delivery_pb2.Outcome.ValueType(99), False, 3),
+    ],
+)
+def test_deliver_exit_status_says_what_to_do(
+    server: RunningServer, outcome: delivery_pb2.Outcome.ValueType, final: bool, status: int
+) -> None:
+    server.servicer.deliver_response = delivery_pb2.DeliverResponse(
+        outcome=outcome, attempt=1, attempts_used=1, max_attempts=5, final=final
+    )
+    args = ["--address", server.address, "deliver", "uid-1", "ops", "--subject", "s"]
+    assert main(args) == status
+    assert main([*args, "--json"]) == status
+
+
+def test_attempts_and_clear_exit_0_whatever_the_state(server: RunningServer) -> None:
+    server.servicer.attempt_count_response = delivery_pb2.AttemptCountResponse(
+        found=True, attempts_used=5, max_attempts=5, final=True
+    )
+    assert main(["--address", server.address, "attempts", "uid-1", "ops"]) == 0
+    assert main(["--address", server.address, "clear", "uid-1"]) == 0
+
+
 def test_rpc_error_exits_1(server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:
     server.servicer.aborts = [(grpc.StatusCode.NOT_FOUND, 'unknown channel "nope"')]
 
@@ -198,6 +238,101 @@ def test_rpc_error_exits_1(server: RunningServer, capsys: pytest.CaptureFixture[
     assert code == 1
     assert out.err == 'error: NOT_FOUND: unknown channel "nope"\n'
     assert out.out == ""
+
+
+def test_rpc_error_as_json(server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:
+    message = "notification.subject: must not be blank"
+    status = status_pb2.Status(code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message=message)
+    status.details.add().Pack(
+        error_details_pb2.ErrorInfo(reason="INVALID_ARGUMENT", domain="sendonce.dev")
+    )
+    status.details.add().Pack(
+        error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field="notification.subject", description="must not be blank"
+                )
+            ]
+        )
+    )
+    status.details.add().Pack(
+        error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1, nanos=500_000_000))
+    )
+    server.servicer.aborts = [(grpc.StatusCode.INVALID_ARGUMENT, message)]
+    server.servicer.abort_trailer = tuple(rpc_status.to_status(status).trailing_metadata)
+
+    code = main(["--address", server.address, "--json", "deliver", "u", "ops", "--subject", " "])
+
+    out = capsys.readouterr()
+    assert (code, out.out) == (1, "")
+    assert json.loads(out.err) == {
+        "error": {
+            "code": "INVALID_ARGUMENT",
+            "message": message,
+            "reason": "INVALID_ARGUMENT",
+            "domain": "sendonce.dev",
+            "metadata": {},
+            "field_violations": [
+                {"field": "notification.subject", "description": "must not be blank"}
+            ],
+            "retry_delay": 1.5,
+            "hint": None,
+        }
+    }
+
+
+def test_usage_error_as_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--json", "deliver", "uid-1", "ops"]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert json.loads(out.err) == {
+        "error": {"code": "USAGE", "message": "the following arguments are required: --subject"}
+    }
+
+
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+def test_nothing_listening_gets_a_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    address = f"127.0.0.1:{free_tcp_port()}" if kind == "tcp" else f"unix://{tmp_path}/none.sock"
+
+    code = main(["--address", address, "attempts", "uid-1", "ops"])
+
+    err = capsys.readouterr().err.splitlines()
+    assert code == 1
+    assert err[0].startswith("error: UNAVAILABLE: ")
+    assert err[1:] == [f"hint: is sendonce-server running at {address}?"]
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"sendonce {version('sendonce')}\n"
+    server = subprocess.run(
+        [sys.executable, "-m", "sendonce_server", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "SENDONCE_LISTEN": "not an address"},  # never read: no server starts
+    )
+    assert (server.returncode, server.stdout, server.stderr) == (
+        0,
+        f"sendonce-server {version('sendonce-server')}\n",
+        "",
+    )
+    assert version("sendonce-server") == sendonce_server.__version__
+
+
+def test_help_documents_the_exit_statuses(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    assert main(["deliver", "--help"]) == 0
+    out = capsys.readouterr().out
+    for line in (
+        "  0  delivered, or already delivered",
+        "  3  deliver: not final",
+        "  4  deliver: final without a delivery",
+    ):
+        assert out.count(line) == 2, line
 
 
 @pytest.mark.parametrize(

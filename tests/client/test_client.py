@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
@@ -10,6 +11,8 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from sendonce import (
     AsyncClient,
@@ -18,6 +21,7 @@ from sendonce import (
     Cancelled,
     Client,
     DeadlineExceeded,
+    FieldViolation,
     InvalidArgument,
     Link,
     NotFound,
@@ -337,6 +341,34 @@ async def test_errors_map_to_exceptions(
     assert isinstance(caught.value.__cause__, grpc.RpcError)
 
 
+async def test_error_details_reach_both_twins(twin: Twin, server: RunningServer) -> None:
+    """The AIP-193 details in the grpc-status-details-bin trailer, from a real server."""
+    message = "retry_policy.max_attempts: must be between 1 and 20, got 30"
+    violation = error_details_pb2.BadRequest.FieldViolation(
+        field="retry_policy.max_attempts", description="must be between 1 and 20, got 30"
+    )
+    details = [
+        error_details_pb2.ErrorInfo(reason="INVALID_ARGUMENT", domain="sendonce.dev"),
+        error_details_pb2.BadRequest(field_violations=[violation]),
+        error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=3)),
+    ]
+    status = status_pb2.Status(code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message=message)
+    for detail in details:
+        status.details.add().Pack(detail)
+    server.servicer.aborts = [(grpc.StatusCode.INVALID_ARGUMENT, message)]
+    server.servicer.abort_trailer = tuple(rpc_status.to_status(status).trailing_metadata)
+
+    with pytest.raises(InvalidArgument) as caught:
+        await twin.deliver("uid-1", "ops", NOTE, retry_policy=RetryPolicy(max_attempts=30))
+
+    error = caught.value
+    assert (error.reason, error.domain) == ("INVALID_ARGUMENT", "sendonce.dev")
+    assert error.field_violations == (
+        FieldViolation("retry_policy.max_attempts", "must be between 1 and 20, got 30"),
+    )
+    assert error.retry_delay == timedelta(seconds=3)
+
+
 # --- transport and configuration ---------------------------------------------------------------
 
 
@@ -416,3 +448,26 @@ async def test_context_managers(server: RunningServer) -> None:
         assert (await aclient.clear("uid-1")).cleared_channels == ()
     with pytest.raises(grpc.aio.UsageError):
         await aclient.clear("uid-1")
+
+
+def test_async_client_made_outside_any_loop(server: RunningServer) -> None:
+    """As at module level: made with no loop running, used under asyncio.run."""
+    server.servicer.clear_response = delivery_pb2.ClearResponse(cleared_channels=["ops"])
+    client = AsyncClient(server.address)
+
+    async def use() -> tuple[str, ...]:
+        return (await client.clear("uid-1")).cleared_channels
+
+    async def use_twice() -> list[tuple[str, ...]]:
+        return [await use(), await use()]  # the channel opened by the first call serves both
+
+    assert asyncio.run(use_twice()) == [("ops",), ("ops",)]
+
+    # A later asyncio.run is another loop: a clear error, not "Future attached to a different
+    # loop" from deep inside gRPC.
+    with pytest.raises(
+        RuntimeError, match=r"first used in another event loop.*one AsyncClient per"
+    ):
+        asyncio.run(use())
+    asyncio.run(client.close())
+    assert len(server.servicer.calls) == 2

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from sendonce_server.engine.breaker import BreakerSettings, CircuitBreaker
 from sendonce_server.engine.engine import Engine, EngineSettings, Receiver
 from sendonce_server.engine.model import CircuitState, Key, Notification, Outcome
@@ -110,3 +114,33 @@ async def test_already_delivered_still_answers_while_the_circuit_is_open() -> No
     await engine.deliver(Key("other", "hook"), NOTE)
 
     assert (await engine.deliver(done, NOTE)).outcome is Outcome.ALREADY_DELIVERED
+
+
+def test_each_change_of_state_is_logged_with_its_receiver(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = ManualClock()
+    breaker = CircuitBreaker(BreakerSettings(failures=2, open_for=60), clock.now, "pager")
+    caplog.set_level(logging.INFO, logger="sendonce.breaker")
+
+    for _ in range(2):
+        assert breaker.acquire()
+        breaker.record(SendStatus.RETRYABLE)
+    clock.advance(60)
+    assert breaker.acquire()  # the probe
+    breaker.record(SendStatus.RETRYABLE)  # opens again
+    clock.advance(60)
+    assert breaker.acquire()
+    breaker.record(SendStatus.SUCCESS)
+    assert breaker.acquire()
+    breaker.record(SendStatus.SUCCESS)  # closed already: nothing more to say
+
+    lines = [(r.levelname, r.getMessage(), getattr(r, "receiver", None)) for r in caplog.records]
+    assert lines == [
+        ("WARNING", "breaker opened", "pager"),
+        ("INFO", "breaker half-open: one probe attempt", "pager"),
+        ("WARNING", "breaker opened", "pager"),
+        ("INFO", "breaker half-open: one probe attempt", "pager"),
+        ("INFO", "breaker closed", "pager"),
+    ]
+    assert caplog.records[0].failures == 2  # type: ignore[attr-defined]

@@ -22,11 +22,13 @@ from hypothesis.stateful import (
 
 from sendonce_server.engine.defaults import DAY
 from sendonce_server.engine.engine import Engine, EngineSettings, Receiver
+from sendonce_server.engine.flight import expire
 from sendonce_server.engine.model import Key, Lease, Notification, Outcome, Status
 from sendonce_server.engine.policy import RetryPolicy
 from sendonce_server.engine.ports import Delivery, SendResult, Store
 from tests.rules.stores import STORES, make_store
 from tests.support.scripted_channel import ManualClock, ScriptedChannel
+from tests.support.wait import until
 
 MAX_ATTEMPTS = 3
 KEYS = [Key("uid-a", "hook"), Key("uid-b", "hook")]
@@ -82,11 +84,31 @@ class EngineMachine(RuleBasedStateMachine):
         return self.loop.run_until_complete(coroutine)
 
     def settle(self) -> None:
-        """Let every runnable task progress (callers use a tiny deadline, so none blocks)."""
-        for _ in range(20):
-            self.run(asyncio.sleep(0))
+        """Run until nothing moves but what the test steers, then let the callers' deadlines pass.
+
+        A store with threads or a network answers in real time: each step first waits until
+        every flight is done, holds a send of the test's channel or waits on another holder.
+        Only then do the callers' deadlines pass (each waiter expires, as a deadline does), so
+        what happens never depends on how fast the machine is.
+        """
+        self.run(until(self._quiet))
+        for engine in (self.engine, self.dying):
+            for flight in engine._flights.values():
+                for waiter in flight.waiters:
+                    expire(waiter)
         self.run(_gather(self.callers))
+        self.run(until(self._quiet))
         self._collect()
+
+    def _quiet(self) -> bool:
+        held = {pending.delivery.key for pending in self.channel.pending}
+        return all(
+            flight.task.done()
+            or (engine is self.engine and key in held)
+            or (flight.holder_wait is not None and not flight.holder_wait.done())
+            for engine in (self.engine, self.dying)
+            for key, flight in engine._flights.items()
+        )
 
     def _collect(self) -> None:
         for channel in (self.channel, self.crash_channel):
@@ -106,7 +128,7 @@ class EngineMachine(RuleBasedStateMachine):
     )
     def deliver(self, key: Key, persisted: int, callers: int) -> None:
         for _ in range(callers):
-            call = self.engine.deliver(key, NOTE, persisted_attempts=persisted, timeout=0.005)
+            call = self.engine.deliver(key, NOTE, persisted_attempts=persisted)
             self.callers.append(self.loop.create_task(call))
         self.settle()
 
@@ -118,7 +140,7 @@ class EngineMachine(RuleBasedStateMachine):
 
     @rule(key=st.sampled_from(KEYS))
     def crash_mid_attempt(self, key: Key) -> None:
-        self.callers.append(self.loop.create_task(self.dying.deliver(key, NOTE, timeout=0.005)))
+        self.callers.append(self.loop.create_task(self.dying.deliver(key, NOTE)))
         self.settle()
 
     @rule(seconds=st.sampled_from([1.0, 5.0, 10.0, 40.0]))

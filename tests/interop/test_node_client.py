@@ -8,6 +8,7 @@ alone (or reflection alone) is enough to call the sidecar, and the answers follo
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from google.rpc import error_details_pb2
 
 from tests.server.process import Children, Sidecar, child_environment, free_tcp_port
 
@@ -224,10 +226,20 @@ async def test_buf_curl_lists_the_services_through_reflection_and_delivers_json(
     assert json.loads(again[1])["outcome"] == "OUTCOME_ALREADY_DELIVERED"
     # buf curl exits with 8 x the status code on an RPC error: INVALID_ARGUMENT is 3.
     assert refused[0] == 8 * 3, refused[2]
-    assert json.loads(refused[2]) == {
-        "code": "invalid_argument",
-        "message": "uid: must not be empty",
-    }
+    error = json.loads(refused[2])
+    assert (error["code"], error["message"]) == ("invalid_argument", "uid: must not be empty")
+    # The rich details (AIP-193), as buf curl prints them: type and base64 of the message.
+    details = {detail["type"]: _unpadded_b64(detail["value"]) for detail in error["details"]}
+    info = error_details_pb2.ErrorInfo.FromString(details["google.rpc.ErrorInfo"])
+    bad = error_details_pb2.BadRequest.FromString(details["google.rpc.BadRequest"])
+    assert (info.reason, info.domain) == ("INVALID_ARGUMENT", "sendonce.dev")
+    assert [(v.field, v.description) for v in bad.field_violations] == [
+        ("uid", "must not be empty")
+    ]
     printed = [line for line in sidecar.stdout.lines if '"uid":"buf-curl-1"' in line]
     assert len(printed) == 1
     assert json.loads(printed[0])["metadata"] == {"cluster": "prod"}
+
+
+def _unpadded_b64(value: str) -> bytes:
+    return base64.b64decode(value + "=" * (-len(value) % 4))

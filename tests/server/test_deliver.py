@@ -188,6 +188,26 @@ async def test_payload_mismatch_is_refused_and_nothing_is_sent(
     assert http_receiver.hits == 1
 
 
+async def test_an_unknown_priority_from_a_newer_client_is_delivered_as_unspecified(
+    start_sidecar: StartSidecar, http_receiver: HttpReceiver
+) -> None:
+    """Priority is an open enum: a value added after this sidecar was built must not fail."""
+    sidecar = await start_sidecar(webhook(http_receiver))
+    newer = pb.Notification(subject="Deployment web failed", priority=42)  # type: ignore[arg-type]
+    assert newer.SerializeToString() == b"\n\x15Deployment web failed\x18*"  # 42 on the wire
+
+    answer = await sidecar.stub.Deliver(deliver(notification=newer))
+    again = await sidecar.stub.Deliver(
+        deliver(notification=pb.Notification(subject="Deployment web failed"))
+    )
+
+    assert (answer.outcome, answer.final) == (pb.OUTCOME_DELIVERED, True)
+    assert http_receiver.requests[0].json()["priority"] == "unspecified"
+    # The same payload as PRIORITY_UNSPECIFIED: no FAILED_PRECONDITION, no second delivery.
+    assert again.outcome == pb.OUTCOME_ALREADY_DELIVERED
+    assert http_receiver.hits == 1
+
+
 LONG = "x" * 501
 
 

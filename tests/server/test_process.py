@@ -90,34 +90,6 @@ async def test_sigterm_lets_the_running_attempt_finish_and_refuses_new_calls(
     assert sidecar.stderr.lines[-1].endswith("stopped")
 
 
-async def test_sighup_is_logged_and_ignored_while_an_attempt_runs(
-    children: Children, tmp_path: Path, http_receiver: HttpReceiver
-) -> None:
-    config = tmp_path / "receivers.toml"
-    config.write_text(
-        f'[[receivers]]\nname = "hook"\ntype = "webhook"\nsettings.url = "{http_receiver.url}"\n'
-    )
-    sidecar, _ = await unix_sidecar(children, tmp_path, "--config", str(config))
-    http_receiver.hold()
-
-    async with grpc.aio.insecure_channel(sidecar.target) as channel:
-        stub = delivery_pb2_grpc.DeliveryServiceStub(channel)
-        running = asyncio.ensure_future(stub.Deliver(deliver("uid-1", "hook"), timeout=30))
-        await http_receiver.wait_for_hits(1)
-        sidecar.process.send_signal(signal.SIGHUP)
-        logged = await sidecar.stderr.wait_for("SIGHUP ignored")
-        http_receiver.release()
-        answer = await running
-        again = await stub.Deliver(deliver("uid-1", "hook"), timeout=10)
-
-    assert "restart it to apply changes" in logged
-    assert (answer.outcome, answer.attempt) == (pb.OUTCOME_DELIVERED, 1)
-    # The record survived: the process (and its memory store) is still the same.
-    assert again.outcome == pb.OUTCOME_ALREADY_DELIVERED
-    assert sidecar.process.returncode is None
-    assert http_receiver.hits == 1
-
-
 async def test_the_readme_run_command_serves_a_console_receiver_without_config(
     children: Children,
 ) -> None:

@@ -40,6 +40,29 @@ async def test_secrets_are_redacted_before_the_receiver_sees_them(
     assert http_receiver.hits == 1
 
 
+async def test_whole_values_and_secret_metadata_keys_never_reach_the_receiver(
+    start_sidecar: StartSidecar, http_receiver: HttpReceiver
+) -> None:
+    sidecar = await start_sidecar(
+        {"receivers": [{"name": "hook", "type": "webhook", "settings": {"url": http_receiver.url}}]}
+    )
+    note = pb.Notification(
+        subject="Config drift",
+        body='password: correct horse battery staple\n{"api_token": "ab\\"cd-tail"}',
+        metadata={"db_password": "Tr0ub4dor-and-3", "cluster": "eu-1"},
+    )
+
+    answer = await sidecar.stub.Deliver(
+        pb.DeliverRequest(uid="u3", channel="hook", notification=note)
+    )
+
+    sent = http_receiver.requests[0].json()
+    assert answer.outcome == pb.OUTCOME_DELIVERED
+    for secret in ("horse", "battery", "staple", "cd-tail", "Tr0ub4dor"):
+        assert secret not in http_receiver.requests[0].body.decode()
+    assert sent["metadata"] == {"db_password": "[REDACTED]", "cluster": "eu-1"}
+
+
 async def test_redaction_can_be_turned_off(
     start_sidecar: StartSidecar, http_receiver: HttpReceiver
 ) -> None:

@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import stat
-import subprocess
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from sendonce_server.server import Sidecar, start
 from tests.server.conftest import StartSidecar
 from tests.server.process import free_tcp_port
 from tests.support.http_receiver import HttpReceiver
+from tests.support.pki import Pki, make_pki
 
 TOKEN = "tok-Zq8v3XkP0wLm"  # a throwaway test token
 NOTE = pb.Notification(subject="Deployment web failed", body="3 of 3 pods crashlooping")
@@ -121,79 +120,10 @@ async def test_health_stays_open_but_reflection_needs_the_token(
 # ---------------------------------------------------------------------------------------------
 # TLS and mutual TLS
 
-_OPENSSL_CONFIG = """\
-[req]
-distinguished_name = dn
-[dn]
-[ca]
-basicConstraints = critical,CA:TRUE
-keyUsage = critical,keyCertSign,cRLSign
-subjectKeyIdentifier = hash
-[server]
-basicConstraints = CA:FALSE
-keyUsage = critical,digitalSignature
-extendedKeyUsage = serverAuth
-subjectAltName = IP:127.0.0.1,DNS:localhost
-[client]
-basicConstraints = CA:FALSE
-keyUsage = critical,digitalSignature
-extendedKeyUsage = clientAuth
-"""
-_EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-
-
-@dataclass(frozen=True)
-class Pki:
-    """PEM files: a server CA and the server's certificate; a client CA and a client's."""
-
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_ca: Path
-    client_cert: Path
-    client_key: Path
-
-    def client_credentials(self, *, with_cert: bool = False) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(
-            root_certificates=self.ca.read_bytes(),
-            private_key=self.client_key.read_bytes() if with_cert else None,
-            certificate_chain=self.client_cert.read_bytes() if with_cert else None,
-        )
-
-
-def _openssl(*args: str | Path) -> None:
-    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
-
-
-def _make_ca(directory: Path, name: str, config: Path) -> tuple[Path, Path]:
-    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
-    _openssl("req", "-x509", "-config", config, "-extensions", "ca", *_EC_KEY, "-days", "1",
-             "-subj", f"/CN={name}", "-keyout", key, "-out", cert)  # fmt: skip
-    return cert, key
-
-
-def _make_leaf(
-    directory: Path, name: str, config: Path, ca: tuple[Path, Path], serial: int
-) -> tuple[Path, Path]:
-    cert, key, request = (directory / f"{name}{suffix}" for suffix in (".pem", ".key", ".csr"))
-    _openssl("req", "-new", "-config", config, *_EC_KEY, "-subj", f"/CN={name}",
-             "-keyout", key, "-out", request)  # fmt: skip
-    _openssl("x509", "-req", "-in", request, "-CA", ca[0], "-CAkey", ca[1],
-             "-set_serial", str(serial), "-days", "1", "-extfile", config, "-extensions", name,
-             "-out", cert)  # fmt: skip
-    return cert, key
-
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    directory = tmp_path_factory.mktemp("pki")
-    config = directory / "openssl.cnf"
-    config.write_text(_OPENSSL_CONFIG)
-    server_ca = _make_ca(directory, "server-ca", config)
-    client_ca = _make_ca(directory, "client-ca", config)
-    server = _make_leaf(directory, "server", config, server_ca, 1)
-    client = _make_leaf(directory, "client", config, client_ca, 2)
-    return Pki(server_ca[0], *server, client_ca[0], *client)
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 async def _deliver_over(

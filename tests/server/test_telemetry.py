@@ -6,24 +6,27 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import re
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 import pytest_asyncio
 from google.protobuf.duration_pb2 import Duration
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client.parser import text_string_to_metric_families
 
 from sendonce.v1 import delivery_pb2 as pb
 from sendonce_server import telemetry
 from sendonce_server.config import ConfigError, ServerSettings
+from sendonce_server.logs import TraceIdFilter
 from sendonce_server.server import start
 from tests.server.conftest import Running, StartSidecar
 from tests.server.process import Children, free_tcp_port
@@ -156,9 +159,9 @@ async def test_a_metrics_address_that_cannot_be_used_is_a_config_error() -> None
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         busy = f"127.0.0.1:{taken.getsockname()[1]}"
-        with pytest.raises(ConfigError, match=f"cannot serve metrics on {re.escape(busy)}"):
+        with pytest.raises(ConfigError, match=f"cannot serve the admin port on {re.escape(busy)}"):
             await start(ServerSettings(listen="127.0.0.1:0", metrics_listen=busy))
-    with pytest.raises(ConfigError, match=r"cannot serve metrics on 127\.0\.0\.1:http"):
+    with pytest.raises(ConfigError, match=r"cannot serve the admin port on 127\.0\.0\.1:http"):
         await start(ServerSettings(listen="127.0.0.1:0", metrics_listen="127.0.0.1:http"))
 
 
@@ -268,6 +271,72 @@ async def test_sampling_follows_the_parent_then_the_ratio(
     if got and parent is None:
         assert {s.context.trace_id for s in got if s.context} != {TRACE_ID}
         assert [s.parent for s in got if s.name == DELIVER_SPAN] == [None]
+
+
+async def test_spans_carry_the_status_code_and_mark_only_server_faults_as_errors(
+    start_sidecar: StartSidecar, http_receiver: HttpReceiver, spans: InMemorySpanExporter
+) -> None:
+    """OpenTelemetry's RPC conventions: `rpc.grpc.status_code` as an int on every span, an
+    error status only for codes that are the server's fault."""
+    sidecar = await start_sidecar(webhook(http_receiver), trace_sample_ratio=1.0)
+    ok = await sidecar.stub.Deliver(deliver("uid-span-ok"))
+    with pytest.raises(grpc.aio.AioRpcError) as not_found:
+        await sidecar.stub.Deliver(deliver("uid-span-nf", channel="nowhere"))
+    sidecar.sidecar.gate.closed = True  # as at shutdown: UNAVAILABLE
+    with pytest.raises(grpc.aio.AioRpcError) as unavailable:
+        await sidecar.stub.Deliver(deliver("uid-span-down"))
+    sidecar.sidecar.gate.closed = False
+
+    assert ok.outcome == pb.OUTCOME_DELIVERED
+    assert not_found.value.code() is grpc.StatusCode.NOT_FOUND
+    assert unavailable.value.code() is grpc.StatusCode.UNAVAILABLE
+    calls = [s for s in finished(sidecar, spans) if s.name == DELIVER_SPAN]
+    seen = [
+        (dict(s.attributes or {}).get("rpc.grpc.status_code"), s.status.status_code) for s in calls
+    ]
+    assert seen == [
+        (0, StatusCode.UNSET),
+        (5, StatusCode.UNSET),  # NOT_FOUND: the caller's to fix
+        (14, StatusCode.ERROR),  # UNAVAILABLE: the server's
+    ]
+    assert dict(calls[0].attributes or {})["sendonce.uid"] == "uid-span-ok"
+    assert not calls[1].events, "no exception event for a refusal"
+
+
+async def test_an_unsampled_callers_trace_id_still_reaches_the_log_lines(
+    start_sidecar: StartSidecar,
+    http_receiver: HttpReceiver,
+    spans: InMemorySpanExporter,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sidecar = await start_sidecar(webhook(http_receiver), trace_sample_ratio=0.0)
+    caplog.handler.addFilter(TraceIdFilter())
+    caplog.set_level(logging.INFO, logger="sendonce.engine")
+
+    await sidecar.stub.Deliver(deliver("uid-unsampled"), metadata=traceparent(sampled=False))
+    await sidecar.stub.Deliver(deliver("uid-no-parent"))
+
+    assert finished(sidecar, spans) == []
+    lines = {r.uid: getattr(r, "trace_id", None) for r in caplog.records if hasattr(r, "uid")}
+    assert lines == {"uid-unsampled": f"{TRACE_ID:032x}", "uid-no-parent": None}
+
+
+async def test_the_start_says_where_spans_go(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.INFO)
+    sidecar = await start(ServerSettings(listen="127.0.0.1:0"))
+    await sidecar.stop()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://user:pw@otel-collector:4317")
+    sidecar = await start(ServerSettings(listen="127.0.0.1:0", trace_sample_ratio=0.25))
+    await sidecar.stop()
+
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("traces: ")]
+    assert said == [
+        "traces: not exported (set OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_TRACES_EXPORTER)",
+        "traces: exported over OTLP/gRPC to http://otel-collector:4317; 0.25 of new traces "
+        "sampled, a caller's sampled trace always continued",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

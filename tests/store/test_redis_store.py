@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from sendonce_server.engine.model import AttemptResult, Key, Notification, Outco
 from sendonce_server.engine.policy import RetryPolicy
 from sendonce_server.engine.ports import SendResult, StateUnavailable
 from sendonce_server.server import start
-from sendonce_server.store.redis import RedisStore
+from sendonce_server.store.redis import RedisStore, hash_tag
 from sendonce_server.store.urls import display_url
 from tests.support.redis_server import free_port
 from tests.support.scripted_channel import ScriptedChannel
@@ -85,6 +86,35 @@ async def test_keys_of_a_notification_share_one_cluster_slot(
 
     assert len(keys) == 7  # three records, three fencing counters, one index
     assert len({key_slot(key) for key in keys}) == 1
+
+
+@pytest.mark.parametrize("uid", ["}x", "}", " }"])
+async def test_a_uid_that_would_empty_the_hash_tag_gets_a_hashed_one_in_one_slot(
+    store: RedisStore, raw: aioredis.Redis, prefix: str, uid: str
+) -> None:
+    for channel in ("hook", "mail"):
+        await store.reserve(Key(uid, channel), REQUEST, now=0.0)
+
+    keys = sorted([key.decode() async for key in raw.scan_iter(match=f"{prefix}*")])
+    digest = hashlib.sha256(uid.encode()).hexdigest()
+
+    assert hash_tag(uid) == f"{{ {digest}}}"
+    assert keys == sorted(
+        f"{prefix}{{ {digest}}}{suffix}"
+        for suffix in (":i", ":r:hook", ":f:hook", ":r:mail", ":f:mail")
+    )
+    assert len({key_slot(key.encode()) for key in keys}) == 1
+
+
+@pytest.mark.parametrize("uid", ["2f6c1a7e-uid", "{", "{}", "a}b", "x}", "{x}", "ns/name"])
+def test_every_other_uid_keeps_its_plain_hash_tag(uid: str) -> None:
+    """Keys written before hashed tags existed stay where they were: no migration."""
+    assert hash_tag(uid) == f"{{{uid}}}"
+
+
+def test_a_prefix_with_a_brace_is_refused() -> None:
+    with pytest.raises(ValueError, match="prefix"):
+        RedisStore("redis://127.0.0.1:1/0", prefix="app{1}:")
 
 
 async def test_a_replica_waits_for_another_replicas_attempt_and_shares_it(

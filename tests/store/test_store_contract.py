@@ -390,3 +390,41 @@ async def test_a_reservation_asked_again_after_a_success_is_not_handed_out(store
 
     assert isinstance(again, Verdict)
     assert again.outcome is Outcome.ALREADY_DELIVERED
+
+
+# Uids that play with a Redis Cluster hash tag `{uid}`: one starting with `}` would leave the tag
+# empty (the key hashed whole, so a script's keys fall in different slots); the others must keep
+# their records apart from each other's.
+BRACE_UIDS = ["}", "}x", "}}{{", "{", "{}", "{x}", "a}b", "a{b}c", "}:r:hook"]
+
+
+@pytest.mark.parametrize("uid", BRACE_UIDS)
+async def test_any_valid_uid_is_delivered_read_and_cleared(store: Store, uid: str) -> None:
+    hook, mail = Key(uid, "hook"), Key(uid, "mail")
+    reserved = await store.reserve(hook, request(), T0)
+    assert isinstance(reserved, Reserved), reserved
+    await store.reserve(mail, request(), T0)
+    await store.complete(hook, done(reserved, AttemptResult.SUCCEEDED), T0 + 1)
+
+    record = await store.read(hook, T0 + 1)
+    again = await store.reserve(hook, request(), T0 + 2)
+    cleared, running = await store.clear(uid, [], False, T0 + 3)
+
+    assert record is not None
+    assert record.status is Status.DELIVERED
+    assert isinstance(again, Verdict)
+    assert again.outcome is Outcome.ALREADY_DELIVERED
+    assert (sorted(cleared), running) == (["hook", "mail"], ["mail"])
+    assert await store.read(KEY, T0 + 3) is None  # another uid saw none of it
+
+
+async def test_uids_that_differ_only_around_braces_keep_separate_records(store: Store) -> None:
+    uids = ["}x", "x", "}}x", "{x", "{}x", "}x}"]
+    for n, uid in enumerate(uids):
+        reserved = await store.reserve(Key(uid, "hook"), request(fingerprint=f"fp-{n}"), T0)
+        assert isinstance(reserved, Reserved), (uid, reserved)
+
+    for n, uid in enumerate(uids):
+        record = await store.read(Key(uid, "hook"), T0)
+        assert record is not None
+        assert record.fingerprint == f"fp-{n}"

@@ -27,6 +27,7 @@ class ScriptedChannel:
     timeout: float = 5.0
     sends: list[Delivery] = field(default_factory=list)
     pending: list[PendingSend] = field(default_factory=list)
+    closed: bool = False
     _arrived: asyncio.Condition | None = None
 
     async def send(self, delivery: Delivery) -> SendResult:
@@ -51,7 +52,7 @@ class ScriptedChannel:
         return pending.delivery
 
     async def close(self) -> None:
-        return None
+        self.closed = True
 
     def _condition(self) -> asyncio.Condition:
         if self._arrived is None:

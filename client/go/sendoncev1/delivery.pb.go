@@ -28,14 +28,24 @@ const (
 )
 
 // Priority of a notification, mapped by each channel to its own notion (severity, colour, ...).
+// An open enum: a value the sidecar does not know (added to this file after the sidecar was
+// built) is accepted and treated as PRIORITY_UNSPECIFIED, by the channels and when the payload
+// is compared with the key's first one; it never fails the call.
 type Priority int32
 
 const (
+	// No priority given (the default): Slack, Teams and email show none, the JSON channels
+	// (console, file, webhook) say "unspecified", PagerDuty's severity is "info".
 	Priority_PRIORITY_UNSPECIFIED Priority = 0
-	Priority_PRIORITY_LOW         Priority = 1
-	Priority_PRIORITY_NORMAL      Priority = 2
-	Priority_PRIORITY_HIGH        Priority = 3
-	Priority_PRIORITY_CRITICAL    Priority = 4
+	// Low: PagerDuty severity "info".
+	Priority_PRIORITY_LOW Priority = 1
+	// Normal: PagerDuty severity "warning".
+	Priority_PRIORITY_NORMAL Priority = 2
+	// High: marked urgent where the channel can (email Importance: high, Teams attention
+	// colour); PagerDuty severity "error".
+	Priority_PRIORITY_HIGH Priority = 3
+	// Critical: marked urgent as HIGH; PagerDuty severity "critical".
+	Priority_PRIORITY_CRITICAL Priority = 4
 )
 
 // Enum value maps for Priority.
@@ -83,20 +93,24 @@ func (Priority) EnumDescriptor() ([]byte, []int) {
 	return file_sendonce_v1_delivery_proto_rawDescGZIP(), []int{0}
 }
 
-// Outcome of a Deliver call.
+// Outcome of a Deliver call. Every outcome comes with `final` and, when a wait is due,
+// `retry_after`: a client that meets a value it does not know (from a newer sidecar) can act
+// on those two alone.
 type Outcome int32
 
 const (
+	// Never answered by the sidecar.
 	Outcome_OUTCOME_UNSPECIFIED Outcome = 0
-	// This call's attempt (or the attempt it joined, when shared) succeeded.
+	// This call's attempt (or the attempt it joined, when shared) succeeded; final.
 	Outcome_OUTCOME_DELIVERED Outcome = 1
-	// A success was recorded earlier; nothing was sent.
+	// A success was recorded earlier; nothing was sent; final.
 	Outcome_OUTCOME_ALREADY_DELIVERED Outcome = 2
 	// The attempt failed with a retryable error; retry_after says when the next may start.
 	Outcome_OUTCOME_FAILED Outcome = 3
 	// The attempt failed with a permanent error (e.g. HTTP 400, 401, 404); final.
 	Outcome_OUTCOME_FAILED_PERMANENT Outcome = 4
-	// The attempt budget is spent; final.
+	// The attempt budget is spent (this call's attempt, if it made one, was the last and
+	// failed); final.
 	Outcome_OUTCOME_EXHAUSTED Outcome = 5
 	// The backoff since the last failure has not elapsed; no attempt was used.
 	Outcome_OUTCOME_RETRY_LATER Outcome = 6
@@ -164,6 +178,7 @@ func (Outcome) EnumDescriptor() ([]byte, []int) {
 type CircuitState int32
 
 const (
+	// Never answered by the sidecar.
 	CircuitState_CIRCUIT_STATE_UNSPECIFIED CircuitState = 0
 	// Attempts go through.
 	CircuitState_CIRCUIT_STATE_CLOSED CircuitState = 1
@@ -220,11 +235,15 @@ func (CircuitState) EnumDescriptor() ([]byte, []int) {
 type AttemptResult int32
 
 const (
+	// Never answered by the sidecar.
 	AttemptResult_ATTEMPT_RESULT_UNSPECIFIED AttemptResult = 0
 	// The attempt holds a live lease.
-	AttemptResult_ATTEMPT_RESULT_RUNNING          AttemptResult = 1
-	AttemptResult_ATTEMPT_RESULT_SUCCEEDED        AttemptResult = 2
-	AttemptResult_ATTEMPT_RESULT_FAILED           AttemptResult = 3
+	AttemptResult_ATTEMPT_RESULT_RUNNING AttemptResult = 1
+	// The receiver accepted the notification.
+	AttemptResult_ATTEMPT_RESULT_SUCCEEDED AttemptResult = 2
+	// A retryable failure (e.g. HTTP 503, a timeout); the next attempt waits for the backoff.
+	AttemptResult_ATTEMPT_RESULT_FAILED AttemptResult = 3
+	// A permanent failure (e.g. HTTP 400); the key is final.
 	AttemptResult_ATTEMPT_RESULT_FAILED_PERMANENT AttemptResult = 4
 	// The holder's lease expired before it reported: the outcome is unknown, the attempt counts.
 	AttemptResult_ATTEMPT_RESULT_ABANDONED AttemptResult = 5
@@ -279,9 +298,11 @@ func (AttemptResult) EnumDescriptor() ([]byte, []int) {
 
 // Link is a titled URL shown with the notification (e.g. as a button).
 type Link struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Title         string                 `protobuf:"bytes,1,opt,name=title,proto3" json:"title,omitempty"`
-	Url           string                 `protobuf:"bytes,2,opt,name=url,proto3" json:"url,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The text shown for the link; required (not blank).
+	Title string `protobuf:"bytes,1,opt,name=title,proto3" json:"title,omitempty"`
+	// The link's target; required (not blank). Passed to the channel as given.
+	Url           string `protobuf:"bytes,2,opt,name=url,proto3" json:"url,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -334,14 +355,18 @@ func (x *Link) GetUrl() string {
 // a key only ever delivers the payload it first saw.
 type Notification struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Short summary, 1 to 500 characters.
+	// Short summary: required (not blank), at most 500 characters.
 	Subject string `protobuf:"bytes,1,opt,name=subject,proto3" json:"subject,omitempty"`
-	// Markdown body; its size limit is set by the sidecar's configuration.
-	Body     string   `protobuf:"bytes,2,opt,name=body,proto3" json:"body,omitempty"`
+	// Markdown body; may be empty. At most --max-body-bytes bytes in UTF-8 (64 KiB by default,
+	// never more than 4 MiB).
+	Body string `protobuf:"bytes,2,opt,name=body,proto3" json:"body,omitempty"`
+	// How urgent the notification is; PRIORITY_UNSPECIFIED when not set.
 	Priority Priority `protobuf:"varint,3,opt,name=priority,proto3,enum=sendonce.v1.Priority" json:"priority,omitempty"`
-	// Free key/value context (cluster, namespace, resource, ...).
-	Metadata      map[string]string `protobuf:"bytes,4,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Links         []*Link           `protobuf:"bytes,5,rep,name=links,proto3" json:"links,omitempty"`
+	// Free key/value context (cluster, namespace, resource, ...): at most 64 entries, keys not
+	// blank, values may be empty.
+	Metadata map[string]string `protobuf:"bytes,4,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Links shown with the notification, in this order: at most 16.
+	Links         []*Link `protobuf:"bytes,5,rep,name=links,proto3" json:"links,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -417,10 +442,14 @@ func (x *Notification) GetLinks() []*Link {
 type RetryPolicy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// 1 to 20; 0 means unset.
-	MaxAttempts    uint32               `protobuf:"varint,1,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
+	MaxAttempts uint32 `protobuf:"varint,1,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
+	// Wait after the first failed attempt; unset means the channel's. 0 to 365 days
+	// (31536000 s), nanos 0 to 999999999; anything else is INVALID_ARGUMENT.
 	InitialBackoff *durationpb.Duration `protobuf:"bytes,2,opt,name=initial_backoff,json=initialBackoff,proto3" json:"initial_backoff,omitempty"`
-	// At least 1; 0 means unset.
-	Multiplier float64              `protobuf:"fixed64,3,opt,name=multiplier,proto3" json:"multiplier,omitempty"`
+	// 1 to 100, finite (not NaN nor infinity); 0 means unset.
+	Multiplier float64 `protobuf:"fixed64,3,opt,name=multiplier,proto3" json:"multiplier,omitempty"`
+	// Longest wait between two attempts; unset means the channel's. initial_backoff to 365
+	// days (31536000 s), nanos 0 to 999999999.
 	MaxBackoff *durationpb.Duration `protobuf:"bytes,4,opt,name=max_backoff,json=maxBackoff,proto3" json:"max_backoff,omitempty"`
 	// Fraction of the backoff added or removed at random, 0 to 1.
 	Jitter        *float64 `protobuf:"fixed64,5,opt,name=jitter,proto3,oneof" json:"jitter,omitempty"`
@@ -548,18 +577,24 @@ func (x *Receipt) GetDetails() map[string]string {
 	return nil
 }
 
+// DeliverRequest asks for the notification to be delivered on one channel. The key is (uid,
+// channel): everything the sidecar records is per key.
 type DeliverRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The notification's unique id, 1 to 253 characters (e.g. a Kubernetes object uid).
+	// The notification's unique id (e.g. a Kubernetes object uid): 1 to 253 printable
+	// characters, no leading or trailing whitespace.
 	Uid string `protobuf:"bytes,1,opt,name=uid,proto3" json:"uid,omitempty"`
-	// The name of a configured receiver.
-	Channel      string        `protobuf:"bytes,2,opt,name=channel,proto3" json:"channel,omitempty"`
+	// The name of a configured receiver: 1 to 63 lowercase letters, digits and '-', starting
+	// and ending with a letter or digit. A name no receiver has gets NOT_FOUND.
+	Channel string `protobuf:"bytes,2,opt,name=channel,proto3" json:"channel,omitempty"`
+	// What to deliver; required. It must be the same on every call for the key (built from data
+	// that does not change between reconciles): another payload gets FAILED_PRECONDITION.
 	Notification *Notification `protobuf:"bytes,3,opt,name=notification,proto3" json:"notification,omitempty"`
-	// Optional override of the channel's retry policy.
+	// Optional override of the channel's retry policy; unset keeps the channel's.
 	RetryPolicy *RetryPolicy `protobuf:"bytes,4,opt,name=retry_policy,json=retryPolicy,proto3" json:"retry_policy,omitempty"`
 	// Attempts the caller has already recorded on its own side (e.g. in a status field). The
 	// sidecar counts max(its own record, this), so a caller fresher than the sidecar is never
-	// undercounted and a stale one never overcounts.
+	// undercounted and a stale one never overcounts. 0 when the caller records none.
 	PersistedAttempts uint32 `protobuf:"varint,5,opt,name=persisted_attempts,json=persistedAttempts,proto3" json:"persisted_attempts,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
@@ -630,19 +665,32 @@ func (x *DeliverRequest) GetPersistedAttempts() uint32 {
 	return 0
 }
 
+// DeliverResponse is the outcome of a Deliver call and the key's state after it. A failed
+// delivery is an answer here, never an RPC error.
 type DeliverResponse struct {
-	state   protoimpl.MessageState `protogen:"open.v1"`
-	Outcome Outcome                `protobuf:"varint,1,opt,name=outcome,proto3,enum=sendonce.v1.Outcome" json:"outcome,omitempty"`
-	// The attempt this answer refers to (1-based); 0 when no attempt was ever made.
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What happened; never OUTCOME_UNSPECIFIED.
+	Outcome Outcome `protobuf:"varint,1,opt,name=outcome,proto3,enum=sendonce.v1.Outcome" json:"outcome,omitempty"`
+	// The attempt this answer refers to (1-based): the one that succeeded for DELIVERED and
+	// ALREADY_DELIVERED, the one still running for IN_PROGRESS, else the key's last one; 0 when
+	// no attempt was ever made.
 	Attempt uint32 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
-	// Attempts used for the key, counted when each attempt starts.
+	// Attempts used for the key, counted when each attempt starts: max(the sidecar's count,
+	// persisted_attempts). Write it back to your status and send it as persisted_attempts.
 	AttemptsUsed uint32 `protobuf:"varint,3,opt,name=attempts_used,json=attemptsUsed,proto3" json:"attempts_used,omitempty"`
-	MaxAttempts  uint32 `protobuf:"varint,4,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
-	// How long to wait before the next attempt may start; unset when none is due to wait.
+	// The key's attempt budget: the request's retry_policy.max_attempts, else the channel's
+	// (1 to 20).
+	MaxAttempts uint32 `protobuf:"varint,4,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
+	// How long to wait before the next attempt may start: set with FAILED and RETRY_LATER (the
+	// backoff left), IN_PROGRESS (when to ask again, at most 1 s) and CIRCUIT_OPEN (when a probe
+	// may go through); unset when nothing is due to wait, and always for final outcomes.
 	RetryAfter *durationpb.Duration `protobuf:"bytes,5,opt,name=retry_after,json=retryAfter,proto3" json:"retry_after,omitempty"`
-	// The error of the last failed attempt, if any.
+	// The error of the key's last failed attempt (e.g. "HTTP 503 Service Unavailable"); empty
+	// when no attempt failed, and always for DELIVERED and ALREADY_DELIVERED. Never holds a
+	// secret.
 	LastError string `protobuf:"bytes,6,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
-	// True when this call joined an attempt started by a concurrent call.
+	// True when this call joined an attempt started by a concurrent call (always for
+	// IN_PROGRESS).
 	Shared bool `protobuf:"varint,7,opt,name=shared,proto3" json:"shared,omitempty"`
 	// True when nothing more will ever be sent for the key (delivered, permanent, exhausted).
 	Final bool `protobuf:"varint,8,opt,name=final,proto3" json:"final,omitempty"`
@@ -745,11 +793,14 @@ func (x *DeliverResponse) GetReceipt() *Receipt {
 	return nil
 }
 
+// AttemptCountRequest reads the state of one key.
 type AttemptCountRequest struct {
-	state   protoimpl.MessageState `protogen:"open.v1"`
-	Uid     string                 `protobuf:"bytes,1,opt,name=uid,proto3" json:"uid,omitempty"`
-	Channel string                 `protobuf:"bytes,2,opt,name=channel,proto3" json:"channel,omitempty"`
-	// As in DeliverRequest.
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// As in DeliverRequest: 1 to 253 printable characters.
+	Uid string `protobuf:"bytes,1,opt,name=uid,proto3" json:"uid,omitempty"`
+	// As in DeliverRequest: a configured receiver's name, else NOT_FOUND.
+	Channel string `protobuf:"bytes,2,opt,name=channel,proto3" json:"channel,omitempty"`
+	// As in DeliverRequest: the answer counts max(the sidecar's record, this).
 	PersistedAttempts uint32 `protobuf:"varint,3,opt,name=persisted_attempts,json=persistedAttempts,proto3" json:"persisted_attempts,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
@@ -806,14 +857,19 @@ func (x *AttemptCountRequest) GetPersistedAttempts() uint32 {
 	return 0
 }
 
+// Attempt is one attempt the sidecar recorded for a key.
 type Attempt struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	Number    uint32                 `protobuf:"varint,1,opt,name=number,proto3" json:"number,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The attempt's number for the key, 1-based, in the order the attempts started.
+	Number uint32 `protobuf:"varint,1,opt,name=number,proto3" json:"number,omitempty"`
+	// When the attempt started, by the sidecar's clock.
 	StartTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
-	// Unset while running or when abandoned.
-	Duration      *durationpb.Duration `protobuf:"bytes,3,opt,name=duration,proto3" json:"duration,omitempty"`
-	Result        AttemptResult        `protobuf:"varint,4,opt,name=result,proto3,enum=sendonce.v1.AttemptResult" json:"result,omitempty"`
-	Error         string               `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	// How long the attempt took; unset while running or when abandoned.
+	Duration *durationpb.Duration `protobuf:"bytes,3,opt,name=duration,proto3" json:"duration,omitempty"`
+	// How the attempt ended, or RUNNING.
+	Result AttemptResult `protobuf:"varint,4,opt,name=result,proto3,enum=sendonce.v1.AttemptResult" json:"result,omitempty"`
+	// The attempt's error; empty while running and for a success.
+	Error         string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -883,17 +939,33 @@ func (x *Attempt) GetError() string {
 	return ""
 }
 
+// AttemptCountResponse is the state of a key, read without changing anything.
 type AttemptCountResponse struct {
-	state        protoimpl.MessageState `protogen:"open.v1"`
-	AttemptsUsed uint32                 `protobuf:"varint,1,opt,name=attempts_used,json=attemptsUsed,proto3" json:"attempts_used,omitempty"`
-	MaxAttempts  uint32                 `protobuf:"varint,2,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
-	Remaining    uint32                 `protobuf:"varint,3,opt,name=remaining,proto3" json:"remaining,omitempty"`
-	InFlight     bool                   `protobuf:"varint,4,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
-	Succeeded    bool                   `protobuf:"varint,5,opt,name=succeeded,proto3" json:"succeeded,omitempty"`
-	Final        bool                   `protobuf:"varint,6,opt,name=final,proto3" json:"final,omitempty"`
-	RetryAfter   *durationpb.Duration   `protobuf:"bytes,7,opt,name=retry_after,json=retryAfter,proto3" json:"retry_after,omitempty"`
-	LastError    string                 `protobuf:"bytes,8,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
-	History      []*Attempt             `protobuf:"bytes,9,rep,name=history,proto3" json:"history,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Attempts used for the key: max(the sidecar's count, persisted_attempts); with found false,
+	// persisted_attempts itself.
+	AttemptsUsed uint32 `protobuf:"varint,1,opt,name=attempts_used,json=attemptsUsed,proto3" json:"attempts_used,omitempty"`
+	// The key's attempt budget (as its Deliver calls set it), or the channel's when found is
+	// false.
+	MaxAttempts uint32 `protobuf:"varint,2,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
+	// Attempts left: max_attempts - attempts_used, and 0 once final.
+	Remaining uint32 `protobuf:"varint,3,opt,name=remaining,proto3" json:"remaining,omitempty"`
+	// True while an attempt holds a live lease (it may still succeed).
+	InFlight bool `protobuf:"varint,4,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
+	// True once an attempt succeeded: nothing more will ever be sent.
+	Succeeded bool `protobuf:"varint,5,opt,name=succeeded,proto3" json:"succeeded,omitempty"`
+	// True when nothing more will ever be sent for the key (delivered, permanent failure, or the
+	// budget spent with no attempt running).
+	Final bool `protobuf:"varint,6,opt,name=final,proto3" json:"final,omitempty"`
+	// How long until the next attempt may start; unset when one may start now, one is running,
+	// or the key is final.
+	RetryAfter *durationpb.Duration `protobuf:"bytes,7,opt,name=retry_after,json=retryAfter,proto3" json:"retry_after,omitempty"`
+	// The error of the last failed or abandoned attempt; empty when none failed.
+	LastError string `protobuf:"bytes,8,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// The attempts this sidecar recorded, oldest first. Attempts known only through
+	// persisted_attempts have no entry; a cleared key keeps only running, abandoned or
+	// successful ones.
+	History []*Attempt `protobuf:"bytes,9,rep,name=history,proto3" json:"history,omitempty"`
 	// False when the sidecar holds no record of the key (never seen, cleared, or expired).
 	Found bool `protobuf:"varint,10,opt,name=found,proto3" json:"found,omitempty"`
 	// True when only a tombstone of a cleared key remains: its history keeps only a running or
@@ -1019,10 +1091,13 @@ func (x *AttemptCountResponse) GetCircuit() CircuitState {
 	return CircuitState_CIRCUIT_STATE_UNSPECIFIED
 }
 
+// ClearRequest forgets the records of one uid, on some or all of its channels.
 type ClearRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Uid   string                 `protobuf:"bytes,1,opt,name=uid,proto3" json:"uid,omitempty"`
-	// Channels to clear; empty clears every channel of the uid.
+	// As in DeliverRequest: 1 to 253 printable characters.
+	Uid string `protobuf:"bytes,1,opt,name=uid,proto3" json:"uid,omitempty"`
+	// Channels to clear, each a receiver name as in DeliverRequest.channel (it need not be
+	// configured any more); empty clears every channel of the uid.
 	Channels []string `protobuf:"bytes,2,rep,name=channels,proto3" json:"channels,omitempty"`
 	// Remove at once instead of keeping a tombstone, so that the key may be delivered again.
 	Force         bool `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
@@ -1081,9 +1156,10 @@ func (x *ClearRequest) GetForce() bool {
 	return false
 }
 
+// ClearResponse says which records were cleared.
 type ClearResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Channels whose record was cleared.
+	// Channels whose record was cleared; a channel with no record is not listed.
 	ClearedChannels []string `protobuf:"bytes,1,rep,name=cleared_channels,json=clearedChannels,proto3" json:"cleared_channels,omitempty"`
 	// Channels whose attempt is still running: it finishes and is recorded (Clear never cancels).
 	RunningChannels []string `protobuf:"bytes,2,rep,name=running_channels,json=runningChannels,proto3" json:"running_channels,omitempty"`
@@ -1251,7 +1327,8 @@ const file_sendonce_v1_delivery_proto_rawDesc = "" +
 	"\x0fDeliveryService\x12D\n" +
 	"\aDeliver\x12\x1b.sendonce.v1.DeliverRequest\x1a\x1c.sendonce.v1.DeliverResponse\x12S\n" +
 	"\fAttemptCount\x12 .sendonce.v1.AttemptCountRequest\x1a!.sendonce.v1.AttemptCountResponse\x12>\n" +
-	"\x05Clear\x12\x19.sendonce.v1.ClearRequest\x1a\x1a.sendonce.v1.ClearResponseb\x06proto3"
+	"\x05Clear\x12\x19.sendonce.v1.ClearRequest\x1a\x1a.sendonce.v1.ClearResponseB\x91\x01\n" +
+	"\x0fcom.sendonce.v1B\rDeliveryProtoP\x01Z<github.com/sendonce/sendonce/client/go/sendoncev1;sendoncev1\xa2\x02\x03SND\xaa\x02\vSendonce.V1\xca\x02\vSendonce\\V1\xea\x02\fSendonce::V1b\x06proto3"
 
 var (
 	file_sendonce_v1_delivery_proto_rawDescOnce sync.Once

@@ -31,19 +31,41 @@ class _Priority:
 class _PriorityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Priority.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     PRIORITY_UNSPECIFIED: _Priority.ValueType  # 0
+    """No priority given (the default): Slack, Teams and email show none, the JSON channels
+    (console, file, webhook) say "unspecified", PagerDuty's severity is "info".
+    """
     PRIORITY_LOW: _Priority.ValueType  # 1
+    """Low: PagerDuty severity "info"."""
     PRIORITY_NORMAL: _Priority.ValueType  # 2
+    """Normal: PagerDuty severity "warning"."""
     PRIORITY_HIGH: _Priority.ValueType  # 3
+    """High: marked urgent where the channel can (email Importance: high, Teams attention
+    colour); PagerDuty severity "error".
+    """
     PRIORITY_CRITICAL: _Priority.ValueType  # 4
+    """Critical: marked urgent as HIGH; PagerDuty severity "critical"."""
 
 class Priority(_Priority, metaclass=_PriorityEnumTypeWrapper):
-    """Priority of a notification, mapped by each channel to its own notion (severity, colour, ...)."""
+    """Priority of a notification, mapped by each channel to its own notion (severity, colour, ...).
+    An open enum: a value the sidecar does not know (added to this file after the sidecar was
+    built) is accepted and treated as PRIORITY_UNSPECIFIED, by the channels and when the payload
+    is compared with the key's first one; it never fails the call.
+    """
 
 PRIORITY_UNSPECIFIED: Priority.ValueType  # 0
+"""No priority given (the default): Slack, Teams and email show none, the JSON channels
+(console, file, webhook) say "unspecified", PagerDuty's severity is "info".
+"""
 PRIORITY_LOW: Priority.ValueType  # 1
+"""Low: PagerDuty severity "info"."""
 PRIORITY_NORMAL: Priority.ValueType  # 2
+"""Normal: PagerDuty severity "warning"."""
 PRIORITY_HIGH: Priority.ValueType  # 3
+"""High: marked urgent where the channel can (email Importance: high, Teams attention
+colour); PagerDuty severity "error".
+"""
 PRIORITY_CRITICAL: Priority.ValueType  # 4
+"""Critical: marked urgent as HIGH; PagerDuty severity "critical"."""
 Global___Priority: _TypeAlias = Priority  # noqa: Y015
 
 class _Outcome:
@@ -53,16 +75,19 @@ class _Outcome:
 class _OutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Outcome.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     OUTCOME_UNSPECIFIED: _Outcome.ValueType  # 0
+    """Never answered by the sidecar."""
     OUTCOME_DELIVERED: _Outcome.ValueType  # 1
-    """This call's attempt (or the attempt it joined, when shared) succeeded."""
+    """This call's attempt (or the attempt it joined, when shared) succeeded; final."""
     OUTCOME_ALREADY_DELIVERED: _Outcome.ValueType  # 2
-    """A success was recorded earlier; nothing was sent."""
+    """A success was recorded earlier; nothing was sent; final."""
     OUTCOME_FAILED: _Outcome.ValueType  # 3
     """The attempt failed with a retryable error; retry_after says when the next may start."""
     OUTCOME_FAILED_PERMANENT: _Outcome.ValueType  # 4
     """The attempt failed with a permanent error (e.g. HTTP 400, 401, 404); final."""
     OUTCOME_EXHAUSTED: _Outcome.ValueType  # 5
-    """The attempt budget is spent; final."""
+    """The attempt budget is spent (this call's attempt, if it made one, was the last and
+    failed); final.
+    """
     OUTCOME_RETRY_LATER: _Outcome.ValueType  # 6
     """The backoff since the last failure has not elapsed; no attempt was used."""
     OUTCOME_IN_PROGRESS: _Outcome.ValueType  # 7
@@ -73,19 +98,25 @@ class _OutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Outcome.Value
     """
 
 class Outcome(_Outcome, metaclass=_OutcomeEnumTypeWrapper):
-    """Outcome of a Deliver call."""
+    """Outcome of a Deliver call. Every outcome comes with `final` and, when a wait is due,
+    `retry_after`: a client that meets a value it does not know (from a newer sidecar) can act
+    on those two alone.
+    """
 
 OUTCOME_UNSPECIFIED: Outcome.ValueType  # 0
+"""Never answered by the sidecar."""
 OUTCOME_DELIVERED: Outcome.ValueType  # 1
-"""This call's attempt (or the attempt it joined, when shared) succeeded."""
+"""This call's attempt (or the attempt it joined, when shared) succeeded; final."""
 OUTCOME_ALREADY_DELIVERED: Outcome.ValueType  # 2
-"""A success was recorded earlier; nothing was sent."""
+"""A success was recorded earlier; nothing was sent; final."""
 OUTCOME_FAILED: Outcome.ValueType  # 3
 """The attempt failed with a retryable error; retry_after says when the next may start."""
 OUTCOME_FAILED_PERMANENT: Outcome.ValueType  # 4
 """The attempt failed with a permanent error (e.g. HTTP 400, 401, 404); final."""
 OUTCOME_EXHAUSTED: Outcome.ValueType  # 5
-"""The attempt budget is spent; final."""
+"""The attempt budget is spent (this call's attempt, if it made one, was the last and
+failed); final.
+"""
 OUTCOME_RETRY_LATER: Outcome.ValueType  # 6
 """The backoff since the last failure has not elapsed; no attempt was used."""
 OUTCOME_IN_PROGRESS: Outcome.ValueType  # 7
@@ -103,6 +134,7 @@ class _CircuitState:
 class _CircuitStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CircuitState.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     CIRCUIT_STATE_UNSPECIFIED: _CircuitState.ValueType  # 0
+    """Never answered by the sidecar."""
     CIRCUIT_STATE_CLOSED: _CircuitState.ValueType  # 1
     """Attempts go through."""
     CIRCUIT_STATE_OPEN: _CircuitState.ValueType  # 2
@@ -114,6 +146,7 @@ class CircuitState(_CircuitState, metaclass=_CircuitStateEnumTypeWrapper):
     """State of a receiver's circuit breaker in the answering sidecar process."""
 
 CIRCUIT_STATE_UNSPECIFIED: CircuitState.ValueType  # 0
+"""Never answered by the sidecar."""
 CIRCUIT_STATE_CLOSED: CircuitState.ValueType  # 1
 """Attempts go through."""
 CIRCUIT_STATE_OPEN: CircuitState.ValueType  # 2
@@ -129,11 +162,15 @@ class _AttemptResult:
 class _AttemptResultEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AttemptResult.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     ATTEMPT_RESULT_UNSPECIFIED: _AttemptResult.ValueType  # 0
+    """Never answered by the sidecar."""
     ATTEMPT_RESULT_RUNNING: _AttemptResult.ValueType  # 1
     """The attempt holds a live lease."""
     ATTEMPT_RESULT_SUCCEEDED: _AttemptResult.ValueType  # 2
+    """The receiver accepted the notification."""
     ATTEMPT_RESULT_FAILED: _AttemptResult.ValueType  # 3
+    """A retryable failure (e.g. HTTP 503, a timeout); the next attempt waits for the backoff."""
     ATTEMPT_RESULT_FAILED_PERMANENT: _AttemptResult.ValueType  # 4
+    """A permanent failure (e.g. HTTP 400); the key is final."""
     ATTEMPT_RESULT_ABANDONED: _AttemptResult.ValueType  # 5
     """The holder's lease expired before it reported: the outcome is unknown, the attempt counts."""
 
@@ -141,11 +178,15 @@ class AttemptResult(_AttemptResult, metaclass=_AttemptResultEnumTypeWrapper):
     """Result of one attempt in the history."""
 
 ATTEMPT_RESULT_UNSPECIFIED: AttemptResult.ValueType  # 0
+"""Never answered by the sidecar."""
 ATTEMPT_RESULT_RUNNING: AttemptResult.ValueType  # 1
 """The attempt holds a live lease."""
 ATTEMPT_RESULT_SUCCEEDED: AttemptResult.ValueType  # 2
+"""The receiver accepted the notification."""
 ATTEMPT_RESULT_FAILED: AttemptResult.ValueType  # 3
+"""A retryable failure (e.g. HTTP 503, a timeout); the next attempt waits for the backoff."""
 ATTEMPT_RESULT_FAILED_PERMANENT: AttemptResult.ValueType  # 4
+"""A permanent failure (e.g. HTTP 400); the key is final."""
 ATTEMPT_RESULT_ABANDONED: AttemptResult.ValueType  # 5
 """The holder's lease expired before it reported: the outcome is unknown, the attempt counts."""
 Global___AttemptResult: _TypeAlias = AttemptResult  # noqa: Y015
@@ -159,7 +200,9 @@ class Link(_message.Message):
     TITLE_FIELD_NUMBER: _builtins.int
     URL_FIELD_NUMBER: _builtins.int
     title: _builtins.str
+    """The text shown for the link; required (not blank)."""
     url: _builtins.str
+    """The link's target; required (not blank). Passed to the channel as given."""
     def __init__(
         self,
         *,
@@ -208,16 +251,23 @@ class Notification(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     LINKS_FIELD_NUMBER: _builtins.int
     subject: _builtins.str
-    """Short summary, 1 to 500 characters."""
+    """Short summary: required (not blank), at most 500 characters."""
     body: _builtins.str
-    """Markdown body; its size limit is set by the sidecar's configuration."""
+    """Markdown body; may be empty. At most --max-body-bytes bytes in UTF-8 (64 KiB by default,
+    never more than 4 MiB).
+    """
     priority: Global___Priority.ValueType
+    """How urgent the notification is; PRIORITY_UNSPECIFIED when not set."""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Free key/value context (cluster, namespace, resource, ...)."""
+        """Free key/value context (cluster, namespace, resource, ...): at most 64 entries, keys not
+        blank, values may be empty.
+        """
 
     @_builtins.property
-    def links(self) -> _containers.RepeatedCompositeFieldContainer[Global___Link]: ...
+    def links(self) -> _containers.RepeatedCompositeFieldContainer[Global___Link]:
+        """Links shown with the notification, in this order: at most 16."""
+
     def __init__(
         self,
         *,
@@ -252,13 +302,21 @@ class RetryPolicy(_message.Message):
     max_attempts: _builtins.int
     """1 to 20; 0 means unset."""
     multiplier: _builtins.float
-    """At least 1; 0 means unset."""
+    """1 to 100, finite (not NaN nor infinity); 0 means unset."""
     jitter: _builtins.float
     """Fraction of the backoff added or removed at random, 0 to 1."""
     @_builtins.property
-    def initial_backoff(self) -> _duration_pb2.Duration: ...
+    def initial_backoff(self) -> _duration_pb2.Duration:
+        """Wait after the first failed attempt; unset means the channel's. 0 to 365 days
+        (31536000 s), nanos 0 to 999999999; anything else is INVALID_ARGUMENT.
+        """
+
     @_builtins.property
-    def max_backoff(self) -> _duration_pb2.Duration: ...
+    def max_backoff(self) -> _duration_pb2.Duration:
+        """Longest wait between two attempts; unset means the channel's. initial_backoff to 365
+        days (31536000 s), nanos 0 to 999999999.
+        """
+
     def __init__(
         self,
         *,
@@ -328,6 +386,10 @@ Global___Receipt: _TypeAlias = Receipt  # noqa: Y015
 
 @_typing.final
 class DeliverRequest(_message.Message):
+    """DeliverRequest asks for the notification to be delivered on one channel. The key is (uid,
+    channel): everything the sidecar records is per key.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     UID_FIELD_NUMBER: _builtins.int
@@ -336,19 +398,27 @@ class DeliverRequest(_message.Message):
     RETRY_POLICY_FIELD_NUMBER: _builtins.int
     PERSISTED_ATTEMPTS_FIELD_NUMBER: _builtins.int
     uid: _builtins.str
-    """The notification's unique id, 1 to 253 characters (e.g. a Kubernetes object uid)."""
+    """The notification's unique id (e.g. a Kubernetes object uid): 1 to 253 printable
+    characters, no leading or trailing whitespace.
+    """
     channel: _builtins.str
-    """The name of a configured receiver."""
+    """The name of a configured receiver: 1 to 63 lowercase letters, digits and '-', starting
+    and ending with a letter or digit. A name no receiver has gets NOT_FOUND.
+    """
     persisted_attempts: _builtins.int
     """Attempts the caller has already recorded on its own side (e.g. in a status field). The
     sidecar counts max(its own record, this), so a caller fresher than the sidecar is never
-    undercounted and a stale one never overcounts.
+    undercounted and a stale one never overcounts. 0 when the caller records none.
     """
     @_builtins.property
-    def notification(self) -> Global___Notification: ...
+    def notification(self) -> Global___Notification:
+        """What to deliver; required. It must be the same on every call for the key (built from data
+        that does not change between reconciles): another payload gets FAILED_PRECONDITION.
+        """
+
     @_builtins.property
     def retry_policy(self) -> Global___RetryPolicy:
-        """Optional override of the channel's retry policy."""
+        """Optional override of the channel's retry policy; unset keeps the channel's."""
 
     def __init__(
         self,
@@ -369,6 +439,10 @@ Global___DeliverRequest: _TypeAlias = DeliverRequest  # noqa: Y015
 
 @_typing.final
 class DeliverResponse(_message.Message):
+    """DeliverResponse is the outcome of a Deliver call and the key's state after it. A failed
+    delivery is an answer here, never an RPC error.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     OUTCOME_FIELD_NUMBER: _builtins.int
@@ -381,20 +455,37 @@ class DeliverResponse(_message.Message):
     FINAL_FIELD_NUMBER: _builtins.int
     RECEIPT_FIELD_NUMBER: _builtins.int
     outcome: Global___Outcome.ValueType
+    """What happened; never OUTCOME_UNSPECIFIED."""
     attempt: _builtins.int
-    """The attempt this answer refers to (1-based); 0 when no attempt was ever made."""
+    """The attempt this answer refers to (1-based): the one that succeeded for DELIVERED and
+    ALREADY_DELIVERED, the one still running for IN_PROGRESS, else the key's last one; 0 when
+    no attempt was ever made.
+    """
     attempts_used: _builtins.int
-    """Attempts used for the key, counted when each attempt starts."""
+    """Attempts used for the key, counted when each attempt starts: max(the sidecar's count,
+    persisted_attempts). Write it back to your status and send it as persisted_attempts.
+    """
     max_attempts: _builtins.int
+    """The key's attempt budget: the request's retry_policy.max_attempts, else the channel's
+    (1 to 20).
+    """
     last_error: _builtins.str
-    """The error of the last failed attempt, if any."""
+    """The error of the key's last failed attempt (e.g. "HTTP 503 Service Unavailable"); empty
+    when no attempt failed, and always for DELIVERED and ALREADY_DELIVERED. Never holds a
+    secret.
+    """
     shared: _builtins.bool
-    """True when this call joined an attempt started by a concurrent call."""
+    """True when this call joined an attempt started by a concurrent call (always for
+    IN_PROGRESS).
+    """
     final: _builtins.bool
     """True when nothing more will ever be sent for the key (delivered, permanent, exhausted)."""
     @_builtins.property
     def retry_after(self) -> _duration_pb2.Duration:
-        """How long to wait before the next attempt may start; unset when none is due to wait."""
+        """How long to wait before the next attempt may start: set with FAILED and RETRY_LATER (the
+        backoff left), IN_PROGRESS (when to ask again, at most 1 s) and CIRCUIT_OPEN (when a probe
+        may go through); unset when nothing is due to wait, and always for final outcomes.
+        """
 
     @_builtins.property
     def receipt(self) -> Global___Receipt:
@@ -423,15 +514,19 @@ Global___DeliverResponse: _TypeAlias = DeliverResponse  # noqa: Y015
 
 @_typing.final
 class AttemptCountRequest(_message.Message):
+    """AttemptCountRequest reads the state of one key."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     UID_FIELD_NUMBER: _builtins.int
     CHANNEL_FIELD_NUMBER: _builtins.int
     PERSISTED_ATTEMPTS_FIELD_NUMBER: _builtins.int
     uid: _builtins.str
+    """As in DeliverRequest: 1 to 253 printable characters."""
     channel: _builtins.str
+    """As in DeliverRequest: a configured receiver's name, else NOT_FOUND."""
     persisted_attempts: _builtins.int
-    """As in DeliverRequest."""
+    """As in DeliverRequest: the answer counts max(the sidecar's record, this)."""
     def __init__(
         self,
         *,
@@ -449,6 +544,8 @@ Global___AttemptCountRequest: _TypeAlias = AttemptCountRequest  # noqa: Y015
 
 @_typing.final
 class Attempt(_message.Message):
+    """Attempt is one attempt the sidecar recorded for a key."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NUMBER_FIELD_NUMBER: _builtins.int
@@ -457,13 +554,18 @@ class Attempt(_message.Message):
     RESULT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     number: _builtins.int
+    """The attempt's number for the key, 1-based, in the order the attempts started."""
     result: Global___AttemptResult.ValueType
+    """How the attempt ended, or RUNNING."""
     error: _builtins.str
+    """The attempt's error; empty while running and for a success."""
     @_builtins.property
-    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the attempt started, by the sidecar's clock."""
+
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration:
-        """Unset while running or when abandoned."""
+        """How long the attempt took; unset while running or when abandoned."""
 
     def __init__(
         self,
@@ -484,6 +586,8 @@ Global___Attempt: _TypeAlias = Attempt  # noqa: Y015
 
 @_typing.final
 class AttemptCountResponse(_message.Message):
+    """AttemptCountResponse is the state of a key, read without changing anything."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ATTEMPTS_USED_FIELD_NUMBER: _builtins.int
@@ -499,12 +603,25 @@ class AttemptCountResponse(_message.Message):
     CLEARED_FIELD_NUMBER: _builtins.int
     CIRCUIT_FIELD_NUMBER: _builtins.int
     attempts_used: _builtins.int
+    """Attempts used for the key: max(the sidecar's count, persisted_attempts); with found false,
+    persisted_attempts itself.
+    """
     max_attempts: _builtins.int
+    """The key's attempt budget (as its Deliver calls set it), or the channel's when found is
+    false.
+    """
     remaining: _builtins.int
+    """Attempts left: max_attempts - attempts_used, and 0 once final."""
     in_flight: _builtins.bool
+    """True while an attempt holds a live lease (it may still succeed)."""
     succeeded: _builtins.bool
+    """True once an attempt succeeded: nothing more will ever be sent."""
     final: _builtins.bool
+    """True when nothing more will ever be sent for the key (delivered, permanent failure, or the
+    budget spent with no attempt running).
+    """
     last_error: _builtins.str
+    """The error of the last failed or abandoned attempt; empty when none failed."""
     found: _builtins.bool
     """False when the sidecar holds no record of the key (never seen, cleared, or expired)."""
     cleared: _builtins.bool
@@ -514,9 +631,18 @@ class AttemptCountResponse(_message.Message):
     circuit: Global___CircuitState.ValueType
     """The channel's circuit breaker in this sidecar process."""
     @_builtins.property
-    def retry_after(self) -> _duration_pb2.Duration: ...
+    def retry_after(self) -> _duration_pb2.Duration:
+        """How long until the next attempt may start; unset when one may start now, one is running,
+        or the key is final.
+        """
+
     @_builtins.property
-    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]: ...
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]:
+        """The attempts this sidecar recorded, oldest first. Attempts known only through
+        persisted_attempts have no entry; a cleared key keeps only running, abandoned or
+        successful ones.
+        """
+
     def __init__(
         self,
         *,
@@ -543,17 +669,22 @@ Global___AttemptCountResponse: _TypeAlias = AttemptCountResponse  # noqa: Y015
 
 @_typing.final
 class ClearRequest(_message.Message):
+    """ClearRequest forgets the records of one uid, on some or all of its channels."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     UID_FIELD_NUMBER: _builtins.int
     CHANNELS_FIELD_NUMBER: _builtins.int
     FORCE_FIELD_NUMBER: _builtins.int
     uid: _builtins.str
+    """As in DeliverRequest: 1 to 253 printable characters."""
     force: _builtins.bool
     """Remove at once instead of keeping a tombstone, so that the key may be delivered again."""
     @_builtins.property
     def channels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Channels to clear; empty clears every channel of the uid."""
+        """Channels to clear, each a receiver name as in DeliverRequest.channel (it need not be
+        configured any more); empty clears every channel of the uid.
+        """
 
     def __init__(
         self,
@@ -572,13 +703,15 @@ Global___ClearRequest: _TypeAlias = ClearRequest  # noqa: Y015
 
 @_typing.final
 class ClearResponse(_message.Message):
+    """ClearResponse says which records were cleared."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CLEARED_CHANNELS_FIELD_NUMBER: _builtins.int
     RUNNING_CHANNELS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def cleared_channels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Channels whose record was cleared."""
+        """Channels whose record was cleared; a channel with no record is not listed."""
 
     @_builtins.property
     def running_channels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:

@@ -54,6 +54,22 @@ _ATTEMPT_RESULT = {
 }
 
 
+_MAX_NANOS = 999_999_999
+
+
+def _priority(value: pb.Priority.ValueType) -> Priority:
+    """A value this sidecar does not know (added to the proto after it was built) is UNSPECIFIED.
+
+    Priority is an open enum: a newer client may send a value an older sidecar has no name
+    for. Refusing it would fail the whole delivery over a hint. UNSPECIFIED is the honest
+    reading (the sidecar cannot tell what the sender meant), and it is what the channels render
+    and what the payload fingerprint holds, so a retry with the same raw value matches. (A
+    value mapped here and known by a later sidecar is fingerprinted differently: replicas of
+    mixed versions sharing a store would see a payload mismatch for such a key.)
+    """
+    return _PRIORITY.get(value, Priority.UNSPECIFIED)
+
+
 def notification(message: pb.Notification, limits: Limits) -> Notification:
     validation.check_subject(message.subject)
     validation.check_body(message.body, limits)
@@ -62,22 +78,26 @@ def notification(message: pb.Notification, limits: Limits) -> Notification:
     validation.check_links(len(message.links))
     for index, link in enumerate(message.links):
         validation.check_link(link.title, link.url, index)
-    priority = _PRIORITY.get(message.priority)
-    if priority is None:
-        raise InvalidInput("notification.priority", f"unknown value {message.priority}")
     return Notification(
         subject=message.subject,
         body=message.body,
-        priority=priority,
+        priority=_priority(message.priority),
         metadata=metadata,
         links=tuple(Link(link.title, link.url) for link in message.links) if message.links else (),
     )
 
 
 def _seconds(duration: Duration, field: str) -> float:
+    """A Duration as seconds; its range is the engine's (`RetryPolicy`) to check."""
     if duration.seconds < 0 or duration.nanos < 0:
         raise InvalidInput(field, "must not be negative")
-    return float(duration.ToTimedelta().total_seconds())
+    if duration.nanos > _MAX_NANOS:
+        # A valid Duration's nanos are below one second (google/protobuf/duration.proto).
+        raise InvalidInput(
+            f"{field}.nanos", f"must be between 0 and {_MAX_NANOS}, got {duration.nanos}"
+        )
+    # Not ToTimedelta: it overflows (a timedelta ends at 999999999 days); a float does not.
+    return duration.seconds + duration.nanos / 1e9
 
 
 def retry_policy(request: pb.DeliverRequest, base: RetryPolicy) -> RetryPolicy:

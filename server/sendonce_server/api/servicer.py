@@ -10,31 +10,13 @@ from sendonce.v1 import delivery_pb2 as pb
 from sendonce.v1 import delivery_pb2_grpc as pb_grpc
 
 from ..engine.engine import Engine
-from ..engine.errors import PayloadMismatch, UnknownChannel
 from ..engine.model import Key
-from ..engine.ports import StateUnavailable
-from . import convert, validation
+from . import convert, refusals, validation
+from .refusals import REFUSALS
 from .validation import InvalidInput, Limits
 
 # Answer this long before the caller's deadline, so the answer still reaches it.
 _DEADLINE_MARGIN = 0.05
-
-
-# Refusals become status codes that say what to fix. A failed delivery is never one.
-_REFUSALS = (InvalidInput, UnknownChannel, PayloadMismatch, StateUnavailable)
-
-
-def _status(error: Exception) -> tuple[grpc.StatusCode, str]:
-    if isinstance(error, InvalidInput):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(error)
-    if isinstance(error, UnknownChannel):
-        return grpc.StatusCode.NOT_FOUND, str(error)
-    if isinstance(error, PayloadMismatch):
-        return grpc.StatusCode.FAILED_PRECONDITION, str(error)
-    return (
-        grpc.StatusCode.UNAVAILABLE,
-        f"delivery state store unavailable: {error}; nothing sent",
-    )
 
 
 def _timeout(context: grpc.aio.ServicerContext[object, object]) -> float | None:
@@ -65,19 +47,12 @@ class CallGate:
         self.running = 0
 
 
-_SHUTTING_DOWN = "sendonce-server is shutting down; nothing was sent"
-
-
 async def _admit(gate: CallGate, context: grpc.aio.ServicerContext[object, object]) -> None:
     """Counts the call in, or aborts it; the caller must `gate.running -= 1` when admitted."""
     if gate.closed:
-        await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
+        await refusals.abort(context, refusals.SHUTTING_DOWN)
     if gate.limit is not None and gate.running >= gate.limit:
-        await context.abort(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"more than --max-concurrent-rpcs={gate.limit} calls at once; nothing was sent, "
-            "retry with backoff",
-        )
+        await refusals.abort(context, refusals.overloaded(gate.limit))
     gate.running += 1
 
 
@@ -105,8 +80,8 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
                 persisted_attempts=request.persisted_attempts,
                 timeout=_timeout(context),
             )
-        except _REFUSALS as error:
-            await context.abort(*_status(error))
+        except REFUSALS as error:
+            await refusals.abort(context, refusals.refusal(error))
         finally:
             self.gate.running -= 1
         return convert.deliver_response(result)
@@ -118,8 +93,8 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
         try:
             key = self._key(request.uid, request.channel)
             state = await self.engine.attempt_count(key, request.persisted_attempts)
-        except _REFUSALS as error:
-            await context.abort(*_status(error))
+        except REFUSALS as error:
+            await refusals.abort(context, refusals.refusal(error))
         finally:
             self.gate.running -= 1
         return convert.attempt_count_response(state)
@@ -133,8 +108,8 @@ class DeliveryServicer(pb_grpc.DeliveryServiceServicer):
             for index, channel in enumerate(request.channels):
                 validation.check_channel(channel, f"channels[{index}]")
             result = await self.engine.clear(request.uid, list(request.channels), request.force)
-        except _REFUSALS as error:
-            await context.abort(*_status(error))
+        except REFUSALS as error:
+            await refusals.abort(context, refusals.refusal(error))
         finally:
             self.gate.running -= 1
         return convert.clear_response(result)

@@ -11,6 +11,7 @@ channels (webhook, slack, teams, pagerduty) talk to their receiver, so they all 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import math
 import os
@@ -19,12 +20,12 @@ import socket
 import ssl
 import time
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import httpx
 
@@ -44,20 +45,131 @@ _DELAY_SECONDS = re.compile(r"\d+(\.\d+)?")
 
 
 class Redactor:
-    """Replaces known secret strings, raw or percent-encoded, with `[redacted]`."""
+    """Replaces known secret strings with `[redacted]`, in whatever encoding they come back.
+
+    A receiver may echo its URL, or the credentials it was sent, in its error body, encoded as
+    its framework likes. So the text is first decoded, one unit at a time, keeping where each
+    unit came from, and the decoded secrets are looked for in the decoded text; each place
+    found is replaced in the text as it was. A unit is a character as itself, or:
+
+    - percent-encoded with upper- or lower-case hex digits, any number of times over (`%2F`,
+      `%2f`, `%252F`); `+` and a space count as the same character (form encoding);
+    - a JSON escape: `\\/`, or `\\u002f` in either case, behind any number of backslashes (JSON
+      inside JSON);
+    - an HTML character reference: `&#47;`, `&#x2F;`, and `&amp;` `&lt;` `&gt;` `&quot;` `&apos;`.
+
+    Encodings can mix within one secret. Besides, the standard and URL-safe base64 of each whole
+    secret of at least 6 characters, padded or not (a `Basic` credential echoed back). Not
+    covered: base64 of a longer text in which the secret starts at another offset, hex or any
+    other encoding, and a secret written in another letter case. Decoding and searching take
+    time linear in the text.
+    """
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        forms: set[str] = set()
+        # The secrets decoded as a text is (a raw and a percent-decoded form become one), and
+        # their base64 without padding: a padding after one is hidden with it.
+        plain: set[bytes] = set()
+        padded: set[bytes] = set()
         for secret in secrets:
-            if secret:
-                forms.update({secret, quote(secret, safe=""), quote(secret)})
-        # Longest first, so that a whole URL is replaced before any of its parts.
-        self._forms = sorted(forms, key=len, reverse=True)
+            if not secret:
+                continue
+            plain.add(_decoded(secret)[0])
+            if len(secret) >= _MIN_SECRET_PART:
+                data = secret.encode()
+                for encoded in {base64.b64encode(data), base64.urlsafe_b64encode(data)}:
+                    padded.add(_decoded(encoded.decode().rstrip("="))[0])
+        self._needles = tuple((needle, needle in padded) for needle in plain | padded if needle)
 
     def __call__(self, text: str) -> str:
-        for form in self._forms:
-            text = text.replace(form, REDACTED)
-        return text
+        if not self._needles or not text:
+            return text
+        if text.isascii() and "%" not in text and "\\" not in text and "&" not in text:
+            # Nothing to decode (the common case): byte i is character i.
+            decoded = text.encode().replace(b"+", b" ")
+            starts: Sequence[int] = range(len(text))
+            ends: Sequence[int] = range(1, len(text) + 1)
+        else:
+            decoded, starts, ends = _decoded(text)
+        spans: list[tuple[int, int]] = []
+        for needle, base64_padded in self._needles:
+            found = decoded.find(needle)
+            while found >= 0:
+                last = found + len(needle) - 1
+                while base64_padded and last + 1 < len(decoded) and decoded[last + 1] == _PADDING:
+                    last += 1
+                spans.append((starts[found], ends[last]))
+                found = decoded.find(needle, found + 1)
+        if not spans:
+            return text
+        # Places that overlap or touch (a whole URL and its parts) become one `[redacted]`.
+        spans.sort()
+        pieces, kept_to = [text[: spans[0][0]], REDACTED], spans[0][1]
+        for start, end in spans[1:]:
+            if start > kept_to:
+                pieces += [text[kept_to:start], REDACTED]
+            kept_to = max(kept_to, end)
+        pieces.append(text[kept_to:])
+        return "".join(pieces)
+
+
+# One encoded unit of a text: a percent escape (repeated), a JSON escape, an HTML reference.
+# A run of backslashes counts from its start only, so that a long run costs linear time.
+_ENCODED_UNIT = re.compile(
+    r"%(?:25)*(?P<percent>[0-9A-Fa-f]{2})"
+    r"|(?<!\\)\\++(?:[uU](?P<json>[0-9A-Fa-f]{4})|(?P<slash>/))"
+    r"|&#(?:(?P<decimal>[0-9]{1,7})|[xX](?P<hex>[0-9A-Fa-f]{1,6}));"
+    r"|&(?P<name>amp|lt|gt|quot|apos);"
+)
+_PADDING = ord("=")
+_HTML_NAMES = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
+
+
+def _decoded(text: str) -> tuple[bytes, list[int], list[int]]:
+    """`text` decoded unit by unit to UTF-8 bytes, `+` as a space; and for each byte, where the
+    unit it came from starts and ends in `text`."""
+    decoded = bytearray()
+    starts: list[int] = []
+    ends: list[int] = []
+
+    def keep(start: int, end: int) -> None:
+        chunk = text[start:end]
+        if chunk.isascii():
+            decoded.extend(chunk.encode())
+            starts.extend(range(start, end))
+            ends.extend(range(start + 1, end + 1))
+            return
+        for index, char in enumerate(chunk, start):
+            data = char.encode(errors="surrogatepass")
+            decoded.extend(data)
+            starts.extend([index] * len(data))
+            ends.extend([index + 1] * len(data))
+
+    position = 0
+    for unit in _ENCODED_UNIT.finditer(text):
+        keep(position, unit.start())
+        data = _unit_bytes(unit)
+        decoded.extend(data)
+        starts.extend([unit.start()] * len(data))
+        ends.extend([unit.end()] * len(data))
+        position = unit.end()
+    keep(position, len(text))
+    return bytes(decoded).replace(b"+", b" "), starts, ends
+
+
+def _unit_bytes(unit: re.Match[str]) -> bytes:
+    if (percent := unit["percent"]) is not None:
+        return bytes([int(percent, 16)])
+    if unit["slash"] is not None:
+        return b"/"
+    if (name := unit["name"]) is not None:
+        return _HTML_NAMES[name].encode()
+    digits, base = next(
+        (unit[group], base)
+        for group, base in (("json", 16), ("decimal", 10), ("hex", 16))
+        if unit[group] is not None
+    )
+    code = int(digits, base)
+    return chr(code).encode(errors="surrogatepass") if code < 0x110000 else b""
 
 
 def url_secrets(url: str) -> tuple[str, ...]:
@@ -74,7 +186,11 @@ def url_secrets(url: str) -> tuple[str, ...]:
         if len(value) >= _MIN_SECRET_PART
     ]
     found += [unquote(part) for part in found if part]
-    return tuple(sorted({part for part in found if part}))
+    if parts.username is not None and parts.password is not None:
+        # As sent in a `Basic` authorization header, which a receiver may echo back.
+        found.append(f"{unquote(parts.username)}:{unquote(parts.password)}")
+    # A path of slashes alone ("/") hides nothing, and would blank every "/" of an error.
+    return tuple(sorted({part for part in found if part and part.strip("/")}))
 
 
 # httpx logs each request's full URL at INFO; httpcore logs response headers at DEBUG.

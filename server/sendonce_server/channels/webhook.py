@@ -41,7 +41,7 @@ RESERVED_HEADERS = frozenset(
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # The Standard Webhooks spec asks for 24 to 64 random bytes.
 _SIGNING_KEY_BYTES = range(24, 65)
-GONE_ERROR = "receiver disabled after HTTP 410 Gone; restart the sidecar to enable it"
+GONE_ERROR = "receiver disabled after HTTP 410 Gone; reload or restart the sidecar to enable it"
 
 
 class WebhookSettings(BaseModel):

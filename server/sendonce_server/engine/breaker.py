@@ -10,11 +10,14 @@ The state lives in the process: each replica judges the receiver by its own atte
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .model import CircuitState
 from .ports import SendStatus
+
+log = logging.getLogger("sendonce.breaker")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,8 +28,13 @@ class BreakerSettings:
 
 
 class CircuitBreaker:
-    def __init__(self, settings: BreakerSettings, now: Callable[[], float]) -> None:
+    """One receiver's breaker; each change of state is logged, as an operator wants to know."""
+
+    def __init__(
+        self, settings: BreakerSettings, now: Callable[[], float], receiver: str = ""
+    ) -> None:
         self.settings = settings
+        self.receiver = receiver
         self._now = now
         self._failures = 0
         self._opened_at: float | None = None
@@ -57,6 +65,7 @@ class CircuitBreaker:
             return True
         if state is CircuitState.HALF_OPEN and not self._probing:
             self._probing = True
+            log.info("breaker half-open: one probe attempt", extra={"receiver": self.receiver})
             return True
         return False
 
@@ -73,7 +82,17 @@ class CircuitBreaker:
             threshold = self.settings.failures
             if half_open or (threshold and self._failures >= threshold):
                 self._opened_at = self._now()
+                log.warning(
+                    "breaker opened",
+                    extra={
+                        "receiver": self.receiver,
+                        "failures": self._failures,
+                        "open_seconds": self.settings.open_for,
+                    },
+                )
             return
         # A success or a permanent error: the receiver is up and answering.
         self._failures = 0
+        if self._opened_at is not None:
+            log.info("breaker closed", extra={"receiver": self.receiver})
         self._opened_at = None

@@ -106,7 +106,8 @@ class Engine:
         self._unreleased: dict[str, tuple[Key, float]] = {}
         self._releaser: asyncio.Task[None] | None = None
         self.breakers = {
-            r.name: CircuitBreaker(r.breaker, self.clock.now) for r in self.receivers.values()
+            r.name: CircuitBreaker(r.breaker, self.clock.now, r.name)
+            for r in self.receivers.values()
         }
         self._waiting = 0
 
@@ -141,7 +142,7 @@ class Engine:
         goes on and is recorded either way.
         """
         result = await self._deliver(key, notification, policy, persisted_attempts, timeout)
-        self.observer.answered(key.channel, result)
+        self.observer.answered(key, result)
         return result
 
     async def _deliver(
@@ -161,7 +162,12 @@ class Engine:
             joined = flight is not None
             if flight is None:
                 request = DeliverRequest(
-                    key, notification, fingerprint, policy or receiver.policy, receiver
+                    key,
+                    notification,
+                    fingerprint,
+                    policy or receiver.policy,
+                    receiver,
+                    self.breakers[receiver.name],
                 )
                 flight = self._launch(request, persisted_attempts)
             elif flight.request.fingerprint != fingerprint:
@@ -223,6 +229,40 @@ class Engine:
             await asyncio.wait(tasks, timeout=grace)
         return sum(not task.done() for task in tasks)
 
+    def reconfigure(
+        self,
+        receivers: Sequence[Receiver],
+        redact: Callable[[Notification], Notification] | None = None,
+    ) -> list[Receiver]:
+        """Serve `receivers` from now on; returns the receivers they replace, to `retire`.
+
+        A running flight keeps the receiver and breaker it began with. A receiver whose name
+        and breaker settings stay keeps its breaker's state: an open breaker stays open.
+        """
+        breakers = {}
+        for receiver in receivers:
+            previous = self.receivers.get(receiver.name)
+            if previous is not None and previous.breaker == receiver.breaker:
+                breakers[receiver.name] = self.breakers[receiver.name]
+            else:
+                breakers[receiver.name] = CircuitBreaker(
+                    receiver.breaker, self.clock.now, receiver.name
+                )
+        replaced = list(self.receivers.values())
+        self.receivers = {receiver.name: receiver for receiver in receivers}
+        self.breakers = breakers
+        self._redact = redact
+        return replaced
+
+    async def retire(self, receivers: Sequence[Receiver]) -> None:
+        """Close the channels of `receivers` once no flight of this process uses them."""
+        retiring = {id(receiver) for receiver in receivers}
+        flights = [f.task for f in self._flights.values() if id(f.request.receiver) in retiring]
+        if flights:
+            await asyncio.wait(flights)
+        for receiver in receivers:
+            await receiver.channel.close()
+
     async def close(self) -> None:
         if self._releaser is not None:
             self._releaser.cancel()
@@ -269,7 +309,7 @@ class Engine:
             if isinstance(decision, Verdict):
                 result = answer(decision.record, now, decision.outcome)
                 if decision.outcome is Outcome.CIRCUIT_OPEN:
-                    breaker = self.breakers[flight.request.receiver.name]
+                    breaker = flight.request.breaker
                     result = replace(result, retry_after=breaker.retry_after() or 0.0)
                 return result
             if flight.persisted_attempts > asked:
@@ -315,7 +355,7 @@ class Engine:
         the background while its lease holds, so that an attempt never sent is not counted.
         """
         request = flight.request
-        breaker = self.breakers[request.receiver.name]
+        breaker = request.breaker
         permitted = breaker.acquire()
         reserve = ReserveRequest(
             fingerprint=request.fingerprint,
@@ -414,7 +454,7 @@ class Engine:
         with self.observer.attempt(receiver.name, key, lease.attempt) as observation:
             sent = await self._send(receiver, Delivery(key, notification, lease.attempt))
             observation.finished(sent.status)
-        self.breakers[receiver.name].record(sent.status)
+        request.breaker.record(sent.status)
         self._after_send(key, lease)
         retry_delay = 0.0  # only a retryable failure waits before the next attempt
         if sent.status is SendStatus.RETRYABLE:

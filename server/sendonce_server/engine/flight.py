@@ -17,6 +17,7 @@ from .model import DeliveryResult, Key, Lease, Notification
 from .policy import RetryPolicy
 
 if TYPE_CHECKING:
+    from .breaker import CircuitBreaker
     from .engine import Receiver
 
 
@@ -28,7 +29,10 @@ class DeliverRequest:
     notification: Notification
     fingerprint: str
     policy: RetryPolicy
+    # The receiver and its breaker as they were when the flight began: a reload never moves a
+    # running flight to another channel.
     receiver: Receiver
+    breaker: CircuitBreaker
 
 
 # Reservation ids: unique across replicas by the random prefix, within a process by the count.

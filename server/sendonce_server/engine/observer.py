@@ -14,8 +14,8 @@ class AttemptObservation(Protocol):
 
 
 class Observer(Protocol):
-    def answered(self, receiver: str, result: DeliveryResult) -> None:
-        """A Deliver call got its answer (in the caller's context)."""
+    def answered(self, key: Key, result: DeliveryResult) -> None:
+        """A Deliver call for `key` got its answer (in the caller's context)."""
         ...
 
     def attempt(
@@ -36,7 +36,7 @@ _UNOBSERVED = _Unobserved()
 class NullObserver:
     """Observes nothing, at almost no cost: the default."""
 
-    def answered(self, receiver: str, result: DeliveryResult) -> None:
+    def answered(self, key: Key, result: DeliveryResult) -> None:
         return None
 
     def attempt(

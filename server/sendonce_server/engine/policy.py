@@ -7,6 +7,10 @@ from dataclasses import dataclass
 
 MIN_ATTEMPTS = 1
 MAX_ATTEMPTS = 20
+# Backoffs beyond a year are a mistake, not a plan; the bound also keeps every later sum and
+# product of times finite. The multiplier's bound keeps `multiplier ** (MAX_ATTEMPTS - 1)` finite.
+MAX_BACKOFF = 365 * 86_400.0
+MAX_MULTIPLIER = 100.0
 
 
 class PolicyError(ValueError):
@@ -34,14 +38,17 @@ class RetryPolicy:
                 "max_attempts",
                 f"must be between {MIN_ATTEMPTS} and {MAX_ATTEMPTS}, got {self.max_attempts}",
             )
-        if self.initial_backoff < 0:
-            raise PolicyError("initial_backoff", "must not be negative")
-        if self.multiplier < 1:
-            raise PolicyError("multiplier", f"must be at least 1, got {self.multiplier}")
-        if self.max_backoff < self.initial_backoff:
+        # Every check is written so that NaN fails it (a comparison with NaN is false).
+        _check_backoff("initial_backoff", self.initial_backoff)
+        if not 1 <= self.multiplier <= MAX_MULTIPLIER:
+            raise PolicyError(
+                "multiplier", f"must be between 1 and {MAX_MULTIPLIER:g}, got {self.multiplier:g}"
+            )
+        _check_backoff("max_backoff", self.max_backoff)
+        if not self.max_backoff >= self.initial_backoff:
             raise PolicyError("max_backoff", "must not be shorter than initial_backoff")
         if not 0 <= self.jitter <= 1:
-            raise PolicyError("jitter", f"must be between 0 and 1, got {self.jitter}")
+            raise PolicyError("jitter", f"must be between 0 and 1, got {self.jitter:g}")
 
     def merged(
         self,
@@ -74,3 +81,14 @@ class RetryPolicy:
             return base
         spread = (rng or random).uniform(-self.jitter, self.jitter)
         return max(0.0, base * (1 + spread))
+
+
+def _check_backoff(field: str, seconds: float) -> None:
+    if seconds < 0:
+        raise PolicyError(field, "must not be negative")
+    if not seconds <= MAX_BACKOFF:
+        raise PolicyError(
+            field,
+            f"must be at most {MAX_BACKOFF:.0f} seconds ({MAX_BACKOFF / 86_400:.0f} days), "
+            f"got {seconds:g}",
+        )

@@ -83,6 +83,21 @@ _VERDICTS = {
 }
 
 
+def hash_tag(uid: str) -> str:
+    """The `{...}` part shared by every key of a uid: a non-empty Redis Cluster hash tag.
+
+    A cluster hashes what lies between a key's first `{` and the first `}` after it; when that is
+    empty it hashes the whole key, and the keys of one script call land in different slots. So a
+    uid gets `{uid}` (its tag is the uid up to its first `}`: never empty), except a uid starting
+    with `}` (its tag would be empty) or with a space: those get `{ <SHA-256 of the uid>}`. No
+    other uid produces that form, as only these start with a space or `}`, so the keys of two
+    uids never meet; and the keys of every other uid keep the names they always had.
+    """
+    if uid[:1] in ("", "}", " "):
+        return f"{{ {hashlib.sha256(uid.encode()).hexdigest()}}}"
+    return f"{{{uid}}}"
+
+
 class RedisStore:
     def __init__(
         self,
@@ -95,6 +110,9 @@ class RedisStore:
         server_time: bool = True,
     ) -> None:
         """`server_time=False` makes the scripts use the callers' `now` (tests with a clock)."""
+        if "{" in prefix or "}" in prefix:
+            # A brace in the prefix would move the hash tag out of `hash_tag`'s hands.
+            raise ValueError("the key prefix must not contain '{' or '}'")
         self.retention = retention
         self.clear_grace = clear_grace
         self.prefix = prefix
@@ -125,7 +143,7 @@ class RedisStore:
         self._subscribed = asyncio.Event()
 
     def _keys(self, key: Key) -> tuple[str, str, str]:
-        tag = f"{self.prefix}{{{key.uid}}}"
+        tag = self.prefix + hash_tag(key.uid)
         return f"{tag}:r:{key.channel}", f"{tag}:f:{key.channel}", f"{tag}:i"
 
     def _now(self, now: float) -> str:

@@ -2,9 +2,11 @@
 -- The store contract tests run the same cases against this script and the Python original.
 --
 -- Records are JSON strings in the codec's format (store/codec.py). Keys of a notification share
--- the hash tag {uid}, so a Redis Cluster keeps them in one slot:
---   <prefix>{uid}:r:<channel>  the record       <prefix>{uid}:f:<channel>  its fencing counter
---   <prefix>{uid}:i            the set of the uid's channels
+-- one hash tag, so a Redis Cluster keeps them in one slot (<tag> is {uid}, or a hash of the uid
+-- when that would be an empty tag: `hash_tag` in redis.py). The script builds no key name but
+-- the record keys of `clear`, from the record key prefix it is given:
+--   <prefix><tag>:r:<channel>  the record       <prefix><tag>:f:<channel>  its fencing counter
+--   <prefix><tag>:i            the set of the uid's channels
 -- Time comes from the Redis server (TIME) unless a test passes its own clock.
 
 local ABANDONED = 'lease expired before the attempt reported; its outcome is unknown'
