@@ -651,7 +651,8 @@ type DeliverRequest struct {
 	// characters, no leading or trailing whitespace.
 	Uid string `protobuf:"bytes,1,opt,name=uid,proto3" json:"uid,omitempty"`
 	// The name of a configured receiver: 1 to 63 lowercase letters, digits and '-', starting
-	// and ending with a letter or digit. A name no receiver has gets NOT_FOUND.
+	// and ending with a letter or digit. A name no receiver has gets NOT_FOUND. (The field keeps
+	// its first name, "channel", for compatibility; logs, metrics and spans say "receiver".)
 	Channel string `protobuf:"bytes,2,opt,name=channel,proto3" json:"channel,omitempty"`
 	// What to deliver; required. It must be the same on every call for the key (built from data
 	// that does not change between reconciles): another payload gets FAILED_PRECONDITION.

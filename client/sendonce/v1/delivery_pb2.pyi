@@ -443,7 +443,8 @@ class DeliverRequest(_message.Message):
     """
     channel: _builtins.str
     """The name of a configured receiver: 1 to 63 lowercase letters, digits and '-', starting
-    and ending with a letter or digit. A name no receiver has gets NOT_FOUND.
+    and ending with a letter or digit. A name no receiver has gets NOT_FOUND. (The field keeps
+    its first name, "channel", for compatibility; logs, metrics and spans say "receiver".)
     """
     persisted_attempts: _builtins.int
     """Attempts the caller has already recorded on its own side (e.g. in a status field). The
