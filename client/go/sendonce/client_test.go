@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -290,24 +291,28 @@ func TestErrorsCarryTheirCode(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// The details (Google AIP-193) a program reads: ErrorInfo's reason and domain, and for
+	// INVALID_ARGUMENT the BadRequest's field.
 	cases := []struct {
 		name    string
 		call    func() error
 		code    codes.Code
 		message string
+		reason  string
+		field   string
 	}{
 		{"empty uid", func() error {
 			_, err := client.Deliver(ctx, "", "console", note)
 			return err
-		}, codes.InvalidArgument, "uid"},
+		}, codes.InvalidArgument, "uid", "INVALID_ARGUMENT", "uid"},
 		{"unknown channel", func() error {
 			_, err := client.Deliver(ctx, key, "slack", note)
 			return err
-		}, codes.NotFound, "no receiver named 'slack'"},
+		}, codes.NotFound, "no receiver named 'slack'", "UNKNOWN_CHANNEL", ""},
 		{"another payload", func() error {
 			_, err := client.Deliver(ctx, key, "console", &sendoncev1.Notification{Subject: "other"})
 			return err
-		}, codes.FailedPrecondition, "different payload"},
+		}, codes.FailedPrecondition, "different payload", "PAYLOAD_MISMATCH", ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -318,6 +323,19 @@ func TestErrorsCarryTheirCode(t *testing.T) {
 			}
 			if e.Code != c.code || !strings.Contains(e.Message, c.message) || e.Retryable() {
 				t.Errorf("%s: got %v", c.name, e)
+			}
+			if e.Reason != c.reason || e.Domain != "sendonce.dev" {
+				t.Errorf("%s: ErrorInfo %q in %q, want %q in sendonce.dev", c.name, e.Reason, e.Domain, c.reason)
+			}
+			var fields []string
+			for _, v := range e.Violations {
+				fields = append(fields, v.Field)
+			}
+			if want := []string{c.field}; c.field != "" && !slices.Equal(fields, want) {
+				t.Errorf("%s: field violations %v, want %v", c.name, fields, want)
+			}
+			if c.field == "" && len(fields) != 0 {
+				t.Errorf("%s: unexpected field violations %v", c.name, fields)
 			}
 		})
 	}
