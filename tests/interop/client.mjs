@@ -6,8 +6,13 @@
 //
 // Against a sidecar whose receivers include `console`, it walks one key through its life:
 // Deliver (sent), Deliver again (ALREADY_DELIVERED, nothing sent), AttemptCount (the history),
-// Clear, AttemptCount (a tombstone), and two bad requests (INVALID_ARGUMENT naming the field).
-// It prints one JSON line, {"ok", "uid", "steps", "mismatches"}, and exits 1 when any answer
+// Clear, AttemptCount (a tombstone), and four refusals: two bad requests (INVALID_ARGUMENT), an
+// unknown receiver (NOT_FOUND) and another payload for the delivered key (FAILED_PRECONDITION).
+// Each refusal's Google AIP-193 details are read as any Node.js program can: the
+// `grpc-status-details-bin` trailer decoded as a google.rpc.Status, its `Any` details as a
+// google.rpc.ErrorInfo and (for INVALID_ARGUMENT) a google.rpc.BadRequest, by protobufjs on
+// proto/google/rpc/*.proto here (copied unchanged from googleapis, Apache-2.0, as shipped in
+// googleapis-common-protos 1.76.0). It prints one JSON line, {"ok", "uid", "steps", "mismatches"}, and exits 1 when any answer
 // differs from what the contract promises (2 when a call fails in an unexpected way).
 
 import { fileURLToPath } from "node:url";
@@ -16,12 +21,14 @@ import process from "node:process";
 
 import grpc from "@grpc/grpc-js";
 import protoLoader from "@grpc/proto-loader";
+import protobuf from "protobufjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const protoRoot = path.resolve(here, "..", "..", "proto");
 const address = process.argv[2] || process.env.SENDONCE_ADDRESS || "127.0.0.1:50051";
 const uid = `node-interop-${process.pid}-${Date.now()}`;
 const CHANNEL = "console";
+const DOMAIN = "sendonce.dev";
 
 // google/protobuf/{duration,timestamp}.proto resolve from the copies protobufjs ships, which
 // proto-loader adds to includeDirs itself; proto/ is the root of our own imports.
@@ -36,6 +43,36 @@ const definition = protoLoader.loadSync("sendonce/v1/delivery.proto", {
 const sendonce = grpc.loadPackageDefinition(definition).sendonce.v1;
 const client = new sendonce.DeliveryService(address, grpc.credentials.createInsecure());
 
+// google.rpc.Status and the error details, resolved from proto/ here (google/protobuf/*.proto
+// come from the copies protobufjs ships).
+const googleRpc = new protobuf.Root();
+googleRpc.resolvePath = (_origin, target) => path.resolve(here, "proto", target);
+googleRpc.loadSync(["google/rpc/status.proto", "google/rpc/error_details.proto"], {
+  keepCase: true,
+});
+const Status = googleRpc.lookupType("google.rpc.Status");
+
+/**
+ * The rich details of a refusal, or null when it has none: the google.rpc.Status in the
+ * grpc-status-details-bin trailer, with each `Any` detail decoded by its type name (null for a
+ * type not in the protos above).
+ */
+function richStatus(error) {
+  const values = error.metadata?.get("grpc-status-details-bin") ?? [];
+  if (values.length === 0) return null;
+  const status = Status.decode(values[0]);
+  const details = {};
+  for (const any of status.details) {
+    const typeName = any.type_url.slice(any.type_url.lastIndexOf("/") + 1);
+    const type = googleRpc.lookup(typeName);
+    details[typeName] =
+      type instanceof protobuf.Type
+        ? type.toObject(type.decode(any.value), { defaults: true, arrays: true, objects: true })
+        : null;
+  }
+  return { code: grpc.status[status.code], message: status.message, details };
+}
+
 function call(method, request) {
   return new Promise((resolve, reject) => {
     const deadline = new Date(Date.now() + 10_000);
@@ -45,14 +82,14 @@ function call(method, request) {
   });
 }
 
-/** The gRPC error of a call that must fail, as {code, details}. */
+/** The gRPC error of a call that must fail, as {code, details, status (its rich details)}. */
 async function refusal(method, request) {
   try {
     const response = await call(method, request);
-    return { code: "OK", details: "", response };
+    return { code: "OK", details: "", status: null, response };
   } catch (error) {
     if (typeof error.code !== "number") throw error;
-    return { code: grpc.status[error.code], details: error.details };
+    return { code: grpc.status[error.code], details: error.details, status: richStatus(error) };
   }
 }
 
@@ -60,6 +97,38 @@ const mismatches = [];
 function expect(step, field, actual, expected) {
   const same = JSON.stringify(actual) === JSON.stringify(expected);
   if (!same) mismatches.push({ step, field, actual, expected });
+}
+
+/**
+ * Checks a refusal's AIP-193 details: the Status repeats the call's code and message; one
+ * ErrorInfo with `reason`, our domain and `metadata`; a BadRequest naming `fields` exactly when
+ * some are given (INVALID_ARGUMENT), none otherwise.
+ */
+function expectDetails(step, refused, { reason, metadata, fields = [] }) {
+  const status = refused.status;
+  expect(step, "grpc-status-details-bin present", status !== null, true);
+  if (status === null) return;
+  expect(step, "status.code", status.code, refused.code);
+  expect(step, "status.message", status.message, refused.details);
+  const info = status.details["google.rpc.ErrorInfo"];
+  expect(step, "ErrorInfo.reason", info?.reason, reason);
+  expect(step, "ErrorInfo.domain", info?.domain, DOMAIN);
+  // A map's order on the wire is unspecified: compare its entries sorted.
+  const entries = (map) => Object.entries(map ?? {}).sort();
+  expect(step, "ErrorInfo.metadata", entries(info?.metadata), entries(metadata));
+  const bad = status.details["google.rpc.BadRequest"];
+  expect(
+    step,
+    "BadRequest.field_violations[].field",
+    bad?.field_violations.map((violation) => violation.field) ?? [],
+    fields,
+  );
+  expect(
+    step,
+    "BadRequest.field_violations[].description set",
+    (bad?.field_violations ?? []).every((violation) => violation.description !== ""),
+    true,
+  );
 }
 
 const notification = {
@@ -89,6 +158,18 @@ try {
   expect("deliver_again", "attempt", again.attempt, 1);
   expect("deliver_again", "attempts_used", again.attempts_used, 1);
   expect("deliver_again", "final", again.final, true);
+
+  // Another payload for the delivered key: refused, and nothing is sent.
+  const mismatch = await refusal("Deliver", {
+    ...deliverRequest,
+    notification: { ...notification, subject: "Node node-a is Ready" },
+  });
+  steps.payload_mismatch = mismatch;
+  expect("payload_mismatch", "code", mismatch.code, "FAILED_PRECONDITION");
+  expectDetails("payload_mismatch", mismatch, {
+    reason: "PAYLOAD_MISMATCH",
+    metadata: { uid, channel: CHANNEL },
+  });
 
   const state = await call("AttemptCount", { uid, channel: CHANNEL });
   steps.attempt_count = state;
@@ -121,6 +202,11 @@ try {
   steps.bad_uid = noUid;
   expect("bad_uid", "code", noUid.code, "INVALID_ARGUMENT");
   expect("bad_uid", "details names the field", /^uid: /.test(noUid.details ?? ""), true);
+  expectDetails("bad_uid", noUid, {
+    reason: "INVALID_ARGUMENT",
+    metadata: { field: "uid" },
+    fields: ["uid"],
+  });
 
   const tooMany = await refusal("Deliver", {
     ...deliverRequest,
@@ -135,6 +221,19 @@ try {
     /^retry_policy\.max_attempts: /.test(tooMany.details ?? ""),
     true,
   );
+  expectDetails("bad_retry_policy", tooMany, {
+    reason: "INVALID_ARGUMENT",
+    metadata: { field: "retry_policy.max_attempts" },
+    fields: ["retry_policy.max_attempts"],
+  });
+
+  const unknown = await refusal("Deliver", { ...deliverRequest, channel: "no-such-receiver" });
+  steps.unknown_channel = unknown;
+  expect("unknown_channel", "code", unknown.code, "NOT_FOUND");
+  expectDetails("unknown_channel", unknown, {
+    reason: "UNKNOWN_CHANNEL",
+    metadata: { channel: "no-such-receiver" },
+  });
 } catch (error) {
   const code = typeof error.code === "number" ? grpc.status[error.code] : "CLIENT_ERROR";
   const details = error.details ?? String(error);

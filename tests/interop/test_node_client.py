@@ -28,6 +28,7 @@ from tests.server.process import Children, Sidecar, child_environment, free_tcp_
 INTEROP = Path(__file__).resolve().parent
 STAMP = INTEROP / "node_modules" / ".sendonce-lock.sha256"
 SERVICE = "sendonce.v1.DeliveryService"
+DOMAIN = "sendonce.dev"
 RUN_TIMEOUT = 60.0
 
 
@@ -117,6 +118,30 @@ def summary_of(stdout: str) -> dict[str, Any]:
     return summary
 
 
+RichDetails = tuple[str, str, str, dict[str, str], list[tuple[str, str]]]
+
+
+def rich_details(refused: dict[str, Any]) -> RichDetails:
+    """A refusal's AIP-193 details as the Node client decoded them from the
+    `grpc-status-details-bin` trailer: (code, ErrorInfo reason, domain, metadata, the
+    BadRequest's (field, description) pairs)."""
+    status = refused["status"]
+    assert status is not None, f"no grpc-status-details-bin with {refused}"
+    # The google.rpc.Status repeats the call's code and message.
+    assert (status["code"], status["message"]) == (refused["code"], refused["details"])
+    details = status["details"]
+    assert set(details) <= {"google.rpc.ErrorInfo", "google.rpc.BadRequest"}, details
+    info = details["google.rpc.ErrorInfo"]
+    violations = details.get("google.rpc.BadRequest", {"field_violations": []})["field_violations"]
+    return (
+        status["code"],
+        info["reason"],
+        info["domain"],
+        info["metadata"],
+        [(violation["field"], violation["description"]) for violation in violations],
+    )
+
+
 # --- Node.js: @grpc/grpc-js + @grpc/proto-loader on proto/ ------------------------------------
 
 
@@ -142,11 +167,43 @@ async def test_a_node_client_delivers_reports_and_clears_through_the_real_sideca
     assert [entry["result"] for entry in state["history"]] == ["ATTEMPT_RESULT_SUCCEEDED"]
     assert steps["clear"] == {"cleared_channels": ["console"], "running_channels": []}
     assert steps["attempt_count_after_clear"]["cleared"] is True
-    assert steps["bad_uid"] == {"code": "INVALID_ARGUMENT", "details": "uid: must not be empty"}
+    assert (steps["bad_uid"]["code"], steps["bad_uid"]["details"]) == (
+        "INVALID_ARGUMENT",
+        "uid: must not be empty",
+    )
     assert steps["bad_retry_policy"]["code"] == "INVALID_ARGUMENT"
     assert steps["bad_retry_policy"]["details"].startswith("retry_policy.max_attempts: ")
-    # What the console receiver wrote: one delivery (the second Deliver sent nothing), with the
-    # payload as Node encoded it, enum and map included.
+    # Every refusal's rich details (AIP-193), decoded in Node.js from the status trailer.
+    assert rich_details(steps["bad_uid"]) == (
+        "INVALID_ARGUMENT",
+        "INVALID_ARGUMENT",
+        DOMAIN,
+        {"field": "uid"},
+        [("uid", "must not be empty")],
+    )
+    assert rich_details(steps["bad_retry_policy"]) == (
+        "INVALID_ARGUMENT",
+        "INVALID_ARGUMENT",
+        DOMAIN,
+        {"field": "retry_policy.max_attempts"},
+        [("retry_policy.max_attempts", "must be between 1 and 20, got 30")],
+    )
+    assert rich_details(steps["unknown_channel"]) == (
+        "NOT_FOUND",
+        "UNKNOWN_CHANNEL",
+        DOMAIN,
+        {"channel": "no-such-receiver"},
+        [],
+    )
+    assert rich_details(steps["payload_mismatch"]) == (
+        "FAILED_PRECONDITION",
+        "PAYLOAD_MISMATCH",
+        DOMAIN,
+        {"uid": summary["uid"], "channel": "console"},
+        [],
+    )
+    # What the console receiver wrote: one delivery (the second Deliver and the one with another
+    # payload sent nothing), with the payload as Node encoded it, enum and map included.
     printed = [json.loads(line) for line in sidecar.stdout.lines if summary["uid"] in line]
     assert len(printed) == 1
     assert (printed[0]["subject"], printed[0]["priority"]) == (
