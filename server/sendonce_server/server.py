@@ -211,8 +211,7 @@ async def start(settings: ServerSettings, config: ReceiversFile | None = None) -
             )
         else:
             log.info("traces: %s", TRACES_OFF)
-        sidecar = await _serve(settings, engine, credentials, token, telemetry, readiness)
-        sidecar.reloads = reloads
+        sidecar = await _serve(settings, engine, credentials, token, telemetry, readiness, reloads)
         if registry is not None and settings.metrics_listen:
             from .admin import AdminApp, AdminServer
 
@@ -250,6 +249,7 @@ async def _serve(
     token: bytes | None,
     telemetry: Telemetry | None,
     readiness: Readiness,
+    reloads: ReloadStatus,
 ) -> Sidecar:
     gate = CallGate(settings.max_concurrent_rpcs)
     # Outermost first: telemetry sees every call, refused ones included. With neither, grpc
@@ -338,6 +338,7 @@ async def _serve(
         settings,
         gate,
         readiness,
+        reloads,
         store_follower=follower,
         telemetry=telemetry,
     )
